@@ -1,0 +1,3 @@
+"""Built-in passes. Importing this package registers them with ``compiler.pass_base``."""
+
+from passes import canonicalize  # noqa: F401

@@ -1,0 +1,1 @@
+"""Canonicalization passes: bring any exporter's graph into the form later passes expect."""

@@ -1,0 +1,11 @@
+"""The test suite's tolerance table: the single source of numeric tolerances (no magic numbers).
+
+Re-exports the compiler's policies so tests and the per-pass check in ``compile`` agree.
+"""
+
+from compiler.verify import TOLERANCES
+
+EXACT = TOLERANCES["exact"]
+FP32_REWRITE = TOLERANCES["fp32-rewrite"]
+TVM_BACKEND = TOLERANCES["tvm-backend"]
+LOSSY = TOLERANCES["lossy"]
