@@ -1,0 +1,378 @@
+"""The public Python API: ``compile_model`` and ``load_artifact``.
+
+``compile_model`` is what the ``compile`` command runs::
+
+    load + validate (frontend) -> Pipeline of passes (each checked against ONNX Runtime)
+    -> save model.opt.onnx -> lower through TVM -> check the artifact against ONNX Runtime
+    -> accuracy on the eval split -> report.json / report.html -> rename the directory into place
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.artifact import Artifact, atomic_output_dir, check_output_dir, load_artifact, signature_of, write_manifest
+from compiler.context import CompileContext, Feeds
+from compiler.errors import OptionError, VerificationError
+from compiler.frontend import FRONTEND_FACTS, load_and_prepare
+from compiler.ir import Model, copy_model, count_parameters, file_sha256, save_model, to_proto
+from compiler.pass_base import Pass, Tolerance
+from compiler.pipeline import Pipeline, PassRecord
+from compiler.progress import Progress
+from compiler.verify import compare, ort_session, policy_for, random_feeds, run_onnxruntime
+
+__all__ = ["compile_model", "load_artifact", "CompileResult", "Artifact", "default_pipeline", "DEFAULT_VERIFY_MAX_PARAMS"]
+
+#: ``verify="auto"`` checks every pass against ONNX Runtime when the model has at most this many
+#: weights (each check is one ORT run per verification feed; cheap for small models).
+DEFAULT_VERIFY_MAX_PARAMS = 30_000_000
+#: At most this many calibration batches are used as verification feeds.
+VERIFY_FEEDS = 2
+
+
+@dataclasses.dataclass
+class CompileResult:
+    output_dir: Path
+    report: dict[str, Any]
+
+    def load(self) -> Artifact:
+        return load_artifact(self.output_dir)
+
+
+def default_pipeline(target) -> str:
+    """The pass spec used when the user gives none."""
+    return "canonicalize"
+
+
+def _sidecar(model_path: Path, kind: str) -> Path | None:
+    candidate = model_path.with_name(f"{model_path.stem}.{kind}.npz")
+    return candidate if candidate.is_file() else None
+
+
+def _calibration_feeds(source, model: Model, shapes: dict[str, tuple[int, ...]]) -> list[Feeds]:
+    """Turn a calibration source (npz path, dict of stacked arrays, or iterable of feeds) into batches
+    that match the compiled input shapes."""
+    from compiler.accuracy import load_npz_feeds, split_batches
+
+    names = list(shapes)
+    if source is None:
+        return []
+    if isinstance(source, (str, os.PathLike)):
+        arrays, _ = load_npz_feeds(Path(source), names)
+    elif isinstance(source, Mapping):
+        arrays = dict(source)
+    else:
+        return [dict(feeds) for feeds in source]
+    batch = {shapes[n][0] for n in names if shapes[n]}
+    batch_size = batch.pop() if len(batch) == 1 else 1
+    feeds = split_batches({n: arrays[n] for n in names}, batch_size)
+    for feed in feeds:
+        for name in names:
+            if tuple(feed[name].shape) != shapes[name]:
+                raise OptionError(
+                    f"calibration input '{name}' has samples of shape {list(feed[name].shape)}; "
+                    f"the model is compiled for {list(shapes[name])}"
+                )
+            dtype = next(v.dtype.numpy() for v in model.graph.inputs if v.name == name)
+            feed[name] = feed[name].astype(dtype, copy=False)
+    return feeds
+
+
+class _StageChecker:
+    """Per-pass numeric check: each pass's output vs the previous stage's, on the same feeds.
+
+    A pass is judged by its declared tolerance class; the first pass that diverges stops the
+    compilation with a VerificationError naming it.
+    """
+
+    def __init__(self, feeds: list[Feeds], reference: list[list[np.ndarray]], passes_before: Callable[[], list[str]]):
+        self.feeds = feeds
+        self.original = reference
+        self.previous = reference
+        self.passes_before = passes_before
+
+    def __call__(self, p: Pass, record: PassRecord, model: Model) -> dict[str, Any] | None:
+        if not record.modified:
+            return {"policy": policy_for(p.tolerance).name, "skipped": "model not modified"}
+        session = ort_session(model)
+        outputs = [session.run(None, feeds) for feeds in self.feeds]
+        flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
+        check = compare(flat(outputs), flat(self.previous), policy_for(p.tolerance))
+        check["vs_original_max_abs"] = compare(flat(outputs), flat(self.original), "lossy")["max_abs"]
+        if not check["passed"]:
+            raise VerificationError(
+                f"pass '{p.name}' changed the model's outputs beyond the {check['policy']} tolerance "
+                f"(max abs {check.get('max_abs', float('nan')):.3g}; passes before it: "
+                f"{', '.join(self.passes_before()) or 'none'})"
+            )
+        self.previous = outputs
+        return check
+
+
+def _time_callable(fn: Callable[[], Any], budget_s: float = 2.0, min_runs: int = 3, max_runs: int = 20) -> dict[str, Any]:
+    """Median wall time of ``fn`` after one warm-up, with as many runs as fit in ``budget_s``."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    runs = int(min(max_runs, max(min_runs, budget_s / max(first, 1e-6))))
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return {"median_ms": float(np.median(samples) * 1e3), "min_ms": float(np.min(samples) * 1e3), "runs": runs}
+
+
+def _environment() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("edgekiln", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def _model_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    return {key: int(after[key]) - int(before[key]) for key in ("nodes", "params", "macs")}
+
+
+def compile_model(
+    model: str | os.PathLike,
+    target: str = "cpu",
+    output: str | os.PathLike | None = None,
+    *,
+    passes: str | Pipeline | Sequence[Pass] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    calibration: str | os.PathLike | Mapping[str, np.ndarray] | Iterable[Feeds] | None = None,
+    eval_data: str | os.PathLike | None = None,
+    verify: bool | str = "auto",
+    lower: bool = True,
+    measure: bool = True,
+    force: bool = False,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> CompileResult:
+    """Compile an ONNX model for ``target`` into the output directory ``output``.
+
+    Args:
+        model: path of the .onnx file.
+        target: a target name (``compile --list-targets``) or a ``targets.Target``.
+        output: output directory; default ``./<model-stem>-<target>/``.
+        passes: pipeline spec text, a ``Pipeline`` or a list of ``Pass`` instances; default
+            :func:`default_pipeline`.
+        input_shapes: static shapes for inputs with symbolic dims, e.g. ``{"x": (1, 3, 224, 224)}``.
+        calibration: representative inputs: an .npz of stacked samples keyed by input name, a dict
+            of such arrays, or an iterable of feed dicts. Default: ``<stem>.calib.npz`` beside the
+            model if present, else seeded random inputs (verification only).
+        eval_data: .npz with inputs and ``labels`` for the accuracy report (default: the
+            ``<stem>.eval.npz`` sidecar if present).
+        verify: check every pass and the artifact against ONNX Runtime; ``"auto"`` = when the model
+            has at most :data:`DEFAULT_VERIFY_MAX_PARAMS` weights. The artifact is always checked.
+        lower: build the TVM library (False: ONNX passes and report only).
+        measure: time the artifact and ONNX Runtime on this machine for the report.
+        force: replace an existing output directory.
+        progress: show a progress bar on stderr (default: when stderr is a terminal).
+
+    Returns:
+        CompileResult with the output directory and the report dict.
+
+    Raises:
+        EdgekilnError (and subclasses): every user-caused problem, with a one-line message.
+    """
+    from targets import get_target
+
+    started = time.perf_counter()
+    model_path = Path(model)
+    target_obj = get_target(target)
+    out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
+    check_output_dir(out_dir, force)
+    pipeline = _as_pipeline(passes if passes is not None else default_pipeline(target_obj))
+
+    bar = Progress(total=6, enabled=progress)
+    bar.stage("load")
+    ir_model, shapes = load_and_prepare(model_path, input_shapes)
+    original = copy_model(ir_model)
+    calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
+    calib_feeds = _calibration_feeds(calib_source, ir_model, shapes)
+    eval_path = Path(eval_data) if eval_data is not None else _sidecar(model_path, "eval")
+    if eval_path is not None and not eval_path.is_file():
+        raise OptionError(f"--eval {eval_path}: no such file")
+    verify_feeds = calib_feeds[:VERIFY_FEEDS] or [random_feeds(ir_model, shapes, seed=seed)]
+    params = count_parameters(ir_model)
+    do_verify = (params <= DEFAULT_VERIFY_MAX_PARAMS) if verify == "auto" else bool(verify)
+
+    from targets.cost_model import RooflineCostModel
+    from compiler.report import build_report, model_summary, render_html, write_json
+
+    cost_model = RooflineCostModel(target_obj)
+    ctx = CompileContext(
+        target=target_obj,
+        cost_model=cost_model,
+        calibration=calib_feeds,
+        options={"seed": seed, **(options or {})},
+        input_shapes=shapes,
+    )
+    reference = [run_onnxruntime(original, feeds) for feeds in verify_feeds]
+    summary_before = model_summary(original, cost_model)
+
+    # -- passes --------------------------------------------------------------------------------
+    bar.stage("passes")
+    ran: list[str] = []
+    checker = _StageChecker(verify_feeds, reference, lambda: list(ran)) if do_verify else None
+    summaries = [summary_before]
+
+    def after_pass(p: Pass, record: PassRecord, current: Model):
+        check = checker(p, record, current) if checker else None
+        ran.append(p.name)
+        summaries.append(model_summary(current, cost_model) if record.modified else summaries[-1])
+        return check
+
+    ir_model, records = pipeline.run(ir_model, ctx, initial_facts=FRONTEND_FACTS, after_pass=after_pass, progress=bar.detail)
+    summary_after = summaries[-1]
+    lossy = any(p.tolerance == Tolerance.LOSSY for p, r in zip(pipeline, records) if r.modified)
+
+    with atomic_output_dir(out_dir, force) as tmp:
+        save_model(ir_model, tmp / "model.opt.onnx")
+        (tmp / "pipeline.txt").write_text(str(pipeline) + "\n")
+        optimized_proto = to_proto(ir_model)
+
+        # -- lowering ----------------------------------------------------------------------------
+        bar.stage("lower")
+        lowering: dict[str, Any] | None = None
+        library = None
+        lib = None
+        artifact_check = None
+        timings: dict[str, Any] = {}
+        if lower:
+            from targets.lowering import load_library, lower_model
+
+            result = lower_model(optimized_proto, target_obj, shapes, tmp)
+            library = result.library_file
+            lowering = {
+                "library": result.library_file,
+                "tvm_target": result.tvm_target,
+                "scheduled": result.scheduled,
+                "unscheduled": result.unscheduled,
+                "notes": result.notes,
+            }
+            timings["lowering_s"] = result.seconds
+            if target_obj.runs_locally:
+                bar.stage("verify")
+                lib = load_library(tmp / library, list(shapes))
+                outputs = [lib.run(feeds) for feeds in verify_feeds]
+                flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
+                artifact_check = compare(flat(outputs), flat(reference), "lossy" if lossy else "tvm-backend")
+                if not artifact_check["passed"]:
+                    raise VerificationError(
+                        f"the compiled artifact differs from ONNX Runtime on the original model beyond "
+                        f"the {artifact_check['policy']} tolerance (max abs {artifact_check['max_abs']:.3g})"
+                    )
+                if measure:
+                    feeds0 = verify_feeds[0]
+                    timings["artifact"] = _time_callable(lambda: lib.run(feeds0))
+                    ref_session = ort_session(original, optimize=True)
+                    timings["onnxruntime_fp32"] = _time_callable(lambda: ref_session.run(None, feeds0))
+
+        # -- accuracy ------------------------------------------------------------------------------
+        bar.stage("accuracy")
+        accuracy = _accuracy(eval_path, shapes, original, ir_model, lib)
+
+        summary = {
+            "before": _summary_numbers(summary_before),
+            "after": _summary_numbers(summary_after),
+            "estimated_latency_ms": {
+                "before": summary_before.get("estimated_ms"),
+                "after": summary_after.get("estimated_ms"),
+                "source": "roofline estimate",
+            },
+            "verification": {
+                "feeds": "calibration" if calib_feeds else "random (seeded)",
+                "num_feeds": len(verify_feeds),
+                "per_pass": do_verify,
+                "artifact_vs_onnxruntime": artifact_check,
+            },
+            "accuracy": accuracy,
+            "unscheduled_functions": lowering["unscheduled"] if lowering else None,
+        }
+        pass_dicts = []
+        for index, record in enumerate(records):
+            entry = dataclasses.asdict(record)
+            entry.pop("seconds")
+            entry["delta"] = _model_delta(_summary_numbers(summaries[index]), _summary_numbers(summaries[index + 1]))
+            pass_dicts.append(entry)
+            timings.setdefault("passes_s", {})[f"{index:02d}-{record.name}"] = record.seconds
+        timings["total_s"] = time.perf_counter() - started
+        report = build_report(
+            model_path=str(model_path),
+            model_sha256=file_sha256(model_path),
+            target_json=target_obj.to_json(),
+            pipeline_spec=str(pipeline),
+            pass_records=pass_dicts,
+            summary=summary,
+            environment=_environment(),
+            status="ok" if lower else "lowering-skipped",
+            lowering=lowering,
+            timing=timings,
+            layers_before=summary_before,
+            layers_after=summary_after,
+        )
+        write_json(report, tmp / "report.json")
+        (tmp / "report.html").write_text(render_html(report))
+        write_manifest(
+            tmp,
+            signature=signature_of(ir_model),
+            library=library,
+            target=target_obj.to_json(),
+            onnx_file="model.opt.onnx",
+        )
+        bar.stage("done")
+    bar.close()
+    return CompileResult(out_dir, report)
+
+
+def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
+    return {key: summary[key] for key in ("nodes", "params", "macs", "weight_bytes")}
+
+
+def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model, lib) -> dict[str, Any] | None:
+    """Top-1 on the eval split for the original (ORT), optimized (ORT) and compiled (TVM) model."""
+    if eval_path is None:
+        return None
+    from compiler.accuracy import evaluate_classification, load_npz_feeds
+
+    names = list(shapes)
+    arrays, labels = load_npz_feeds(eval_path, names)
+    if labels is None:
+        raise OptionError(f"--eval {eval_path}: needs a 'labels' array for the accuracy report")
+    batch = shapes[names[0]][0]
+    runs: dict[str, Callable] = {
+        "original_onnxruntime": ort_session(original).run,
+        "optimized_onnxruntime": ort_session(optimized).run,
+    }
+    result: dict[str, Any] = {"data": str(eval_path), "metric": "top1"}
+    for key, session_run in runs.items():
+        result[key] = evaluate_classification(lambda f, r=session_run: r(None, f), arrays, labels, batch, names)
+    if lib is not None:
+        result["artifact_tvm"] = evaluate_classification(lib.run, arrays, labels, batch, names)
+    return result
+
+
+def _as_pipeline(passes) -> Pipeline:
+    if isinstance(passes, Pipeline):
+        return passes
+    if isinstance(passes, str):
+        return Pipeline.parse(passes)
+    return Pipeline(passes)

@@ -1,0 +1,170 @@
+"""The ``compile`` command. Imports nothing heavy until it has parsed its arguments, so ``--help`` is fast.
+
+Exit codes: 0 success; 2 bad input or option; 3 a pass failed; 4 verification failed;
+5 lowering failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  compile examples/digits_cnn.onnx --target cpu
+      compile the bundled example; writes ./digits_cnn-cpu/ (model.so, report.html, ...)
+  compile model.onnx --target cpu -o out/ --passes "canonicalize" --calib calib.npz
+      choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
+  compile model.onnx --input-shape x=1,3,224,224
+      fix symbolic input dims (repeat the option for several inputs)
+  compile model.onnx --passes "canonicalize,my-pass{ratio=0.5}" --plugin my_passes
+      run your own pass, registered with @register_pass in module my_passes
+  compile --list-targets        compile --list-passes
+
+then, in Python:
+  from compiler import load_artifact
+  outputs = load_artifact("digits_cnn-cpu").run({"x": x})   # like InferenceSession.run(None, feeds)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compile",
+        description="Compile an ONNX model for a target board: optimize it with graph passes, lower it "
+        "through Apache TVM, verify it against ONNX Runtime and write an output directory with the "
+        "library, the optimized ONNX model and a report.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", help="the .onnx file to compile")
+    parser.add_argument("-t", "--target", default="cpu", help="target name (default: cpu; see --list-targets)")
+    parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./<model-stem>-<target>/)")
+    parser.add_argument("--passes", metavar="SPEC", help='pass pipeline, e.g. "canonicalize,fold-constants" (default: canonicalize; see --list-passes; @FILE reads the spec from a file such as pipeline.txt)')
+    parser.add_argument("--calib", metavar="NPZ", help="calibration inputs: .npz of stacked samples keyed by input name (default: <model-stem>.calib.npz beside the model, if present)")
+    parser.add_argument("--eval", metavar="NPZ", dest="eval_data", help="held-out inputs plus 'labels' for the accuracy report (default: <model-stem>.eval.npz beside the model, if present)")
+    parser.add_argument("--input-shape", metavar="NAME=D0,D1,...", action="append", default=[], help="static shape for an input with symbolic dims (repeatable)")
+    verify = parser.add_mutually_exclusive_group()
+    verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
+    verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
+    parser.add_argument("--no-lower", dest="lower", action="store_false", help="run the ONNX passes and write the report, but do not build with TVM")
+    parser.add_argument("--no-measure", dest="measure", action="store_false", help="do not time the artifact and ONNX Runtime")
+    parser.add_argument("--plugin", metavar="MODULE", action="append", default=[], help="import a Python module that registers extra passes (repeatable)")
+    parser.add_argument("-f", "--force", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random verification inputs (default: 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only errors")
+    parser.add_argument("--list-targets", action="store_true", help="list the targets and exit")
+    parser.add_argument("--list-passes", action="store_true", help="list the registered passes and aliases and exit")
+    return parser
+
+
+def _list_targets() -> None:
+    from targets import list_targets
+
+    for target in list_targets():
+        print(f"{target.name:<20} {target.description}")
+
+
+def _list_passes() -> None:
+    from compiler.pass_base import pass_aliases, registered_passes
+
+    for name, cls in sorted(registered_passes().items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<24} {summary}")
+    for alias, names in sorted(pass_aliases().items()):
+        print(f"{alias:<24} alias: {','.join(names)}")
+
+
+def _summary_line(result) -> str:
+    report = result.report
+    lines = [f"wrote {result.output_dir}/"]
+    check = report.get("summary", {}).get("verification", {}).get("artifact_vs_onnxruntime")
+    if check:
+        lines.append(f"  artifact vs ONNX Runtime: max abs error {check['max_abs']:.3g} ({check['policy']}: {'ok' if check['passed'] else 'FAILED'})")
+    accuracy = report.get("summary", {}).get("accuracy")
+    if accuracy:
+        parts = [f"{k.replace('_', ' ')} {v['top1'] * 100:.2f}%" for k, v in accuracy.items() if isinstance(v, dict) and "top1" in v]
+        lines.append("  top-1: " + ", ".join(parts))
+    run = report.get("run", {})
+    if "artifact" in run and "onnxruntime_fp32" in run:
+        ours, ref = run["artifact"]["median_ms"], run["onnxruntime_fp32"]["median_ms"]
+        lines.append(f"  latency (measured, this machine): {ours:.3f} ms vs ONNX Runtime {ref:.3f} ms ({ours / ref:.2f}x)")
+    lines.append(f"  report: {result.output_dir / 'report.html'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from compiler.errors import EdgekilnError
+
+    try:
+        if args.list_targets:
+            _list_targets()
+            return 0
+        if args.list_passes or args.model is None:
+            for module in args.plugin:
+                _import_plugin(module)
+            if args.list_passes:
+                _list_passes()
+                return 0
+            parser.print_usage(sys.stderr)
+            print("compile: error: give a model to compile (or --list-targets / --list-passes)", file=sys.stderr)
+            return 2
+        for module in args.plugin:
+            _import_plugin(module)
+        from compiler.api import compile_model
+        from compiler.frontend import parse_input_shape
+
+        shapes = dict(parse_input_shape(text) for text in args.input_shape)
+        passes = args.passes
+        if passes is not None and passes.startswith("@"):
+            passes = _read_spec_file(passes[1:])
+        result = compile_model(
+            args.model,
+            target=args.target,
+            output=args.output,
+            passes=passes,
+            input_shapes=shapes,
+            calibration=args.calib,
+            eval_data=args.eval_data,
+            verify=args.verify,
+            lower=args.lower,
+            measure=args.measure,
+            force=args.force,
+            seed=args.seed,
+            progress=False if args.quiet else None,
+        )
+    except EdgekilnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; no output written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(_summary_line(result))
+    return 0
+
+
+def _import_plugin(module: str) -> None:
+    import importlib
+
+    from compiler.errors import OptionError
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise OptionError(f"--plugin {module}: cannot import ({exc})") from None
+
+
+def _read_spec_file(path: str) -> str:
+    from compiler.errors import OptionError
+
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise OptionError(f"--passes @{path}: cannot read ({exc.strerror})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
