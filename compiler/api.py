@@ -296,7 +296,7 @@ def compile_model(
             "estimated_latency_ms": {
                 "before": summary_before.get("estimated_ms"),
                 "after": summary_after.get("estimated_ms"),
-                "source": "roofline estimate",
+                "source": "roofline",
             },
             "verification": {
                 "feeds": "calibration" if calib_feeds else "random (seeded)",

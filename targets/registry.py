@@ -53,6 +53,7 @@ class Target:
             "runs_locally": self.runs_locally,
             "precisions": self.precisions,
             "channel_multiple": self.channel_multiple,
+            "roofline": self.roofline,
         }
 
 
