@@ -22,7 +22,7 @@ import numpy as np
 
 from compiler.artifact import Artifact, atomic_output_dir, check_output_dir, load_artifact, signature_of, write_manifest
 from compiler.context import CompileContext, Feeds
-from compiler.errors import OptionError, VerificationError
+from compiler.errors import OptionError, UnsupportedModelError, VerificationError
 from compiler.frontend import FRONTEND_FACTS, load_and_prepare
 from compiler.ir import Model, copy_model, count_parameters, file_sha256, save_model, to_proto
 from compiler.pass_base import Pass, Tolerance
@@ -225,7 +225,11 @@ def compile_model(
         options={"seed": seed, **(options or {})},
         input_shapes=shapes,
     )
-    reference = [run_onnxruntime(original, feeds) for feeds in verify_feeds]
+    if lower:
+        from targets.lowering.importer import check_supported
+
+        check_supported(to_proto(ir_model))  # fail before any work on an operator TVM cannot import
+    reference = _reference_outputs(original, verify_feeds, model_path)
     summary_before = model_summary(original, cost_model)
 
     # -- passes --------------------------------------------------------------------------------
@@ -341,6 +345,16 @@ def compile_model(
         bar.stage("done")
     bar.close()
     return CompileResult(out_dir, report)
+
+
+def _reference_outputs(model: Model, feeds_list: list[Feeds], model_path: Path) -> list[list[np.ndarray]]:
+    """ONNX Runtime's outputs of the original model: the reference every check compares with."""
+    try:
+        session = ort_session(model)
+        return [session.run(None, feeds) for feeds in feeds_list]
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"{model_path}: ONNX Runtime cannot run the model: {first}") from None
 
 
 def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:

@@ -100,11 +100,9 @@ def test_external_data_outside_model_folder(tmp_path, capsys):
         g (float[1,4] x) => (float[1,4] y) <float[4] w> { y = Add (x, w) }
         """
     )
-    tensor = model.graph.initializer[0] if model.graph.initializer else None
-    if tensor is None:
-        tensor = numpy_helper.from_array(np.ones(4, np.float32), "w")
-        model.graph.initializer.append(tensor)
-    tensor.ClearField("float_data")
+    # The text form declares `w` without data; protobuf's append copies, so re-fetch the element.
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "w"))
+    tensor = model.graph.initializer[0]
     tensor.ClearField("raw_data")
     tensor.data_location = TensorProto.EXTERNAL
     for key, value in (("location", os.path.join("..", "secret.bin")), ("offset", "0"), ("length", "16")):
