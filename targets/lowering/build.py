@@ -1,0 +1,72 @@
+"""Relax module -> compiled executable -> exported library.
+
+Pipeline (shared/research/tvm-0.27.md, recommendation 2):
+
+    DecomposeOpsForInference   batch_norm/layer_norm/gelu... -> primitive ops (inference semantics)
+    CanonicalizeBindings       drop trivial rebinds left by the importer, so fusion sees clean chains
+    zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
+    apply_default_schedules    our CPU schedule rules per fused PrimFunc (targets.lowering.schedules)
+    tvm.compile                the rest of TVM's default Relax pipeline + TIR codegen
+    export_library             a shared library (.so) with the weights embedded, or a .tar of
+                               objects for cross targets that are linked on the board
+
+Everything runs under ``with tvm_target`` because legalization, the schedules and codegen read
+``Target.current()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from targets.lowering import schedules
+from targets.lowering.errors import lowering_step
+
+
+@dataclasses.dataclass
+class BuildOutput:
+    executable: tvm.runtime.Executable
+    schedule_report: schedules.ScheduleReport
+    seconds: float
+
+
+def build(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> BuildOutput:
+    """Optimize, schedule and compile ``mod`` for ``tvm_target``. TVM errors become LoweringError."""
+    start = time.perf_counter()
+    with tvm_target:
+        with lowering_step("graph optimization (DecomposeOpsForInference, CanonicalizeBindings)"):
+            mod = relax.transform.DecomposeOpsForInference()(mod)
+            mod = relax.transform.CanonicalizeBindings()(mod)
+        with lowering_step("legalize/fuse (zero pipeline)"):
+            mod = relax.get_pipeline("zero")(mod)
+        with lowering_step("scheduling"):
+            mod, report = schedules.apply_default_schedules(mod, tvm_target)
+        with lowering_step("compile"):
+            executable = tvm.compile(mod, target=tvm_target)
+    return BuildOutput(executable, report, time.perf_counter() - start)
+
+
+def export(executable: tvm.runtime.Executable, path: Path, cross_compiler: str | None = None) -> float:
+    """Write ``executable`` to ``path`` (``.so``, or ``.tar`` of objects); returns the seconds taken.
+
+    ``cross_compiler`` (e.g. ``aarch64-linux-gnu-gcc``) links a ``.so`` for another architecture.
+    The file is written beside its final name and renamed, so a failed export leaves no partial file.
+    """
+    start = time.perf_counter()
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    with lowering_step("export", path.name):
+        try:
+            if cross_compiler and path.suffix == ".so":
+                from tvm.support import cc
+
+                executable.export_library(str(tmp), fcompile=cc.cross_compiler(cross_compiler))
+            else:
+                executable.export_library(str(tmp))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return time.perf_counter() - start
