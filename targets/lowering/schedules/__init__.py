@@ -1,8 +1,28 @@
-"""Default CPU schedules (issue 3). Until rules exist, every PrimFunc is reported unscheduled."""
+"""Default CPU schedules that need no tuning (issue 3).
+
+``apply_default_schedules(mod, target)`` runs on a Relax module after legalization and fusion
+(``relax.get_pipeline("zero")``) and gives every fused PrimFunc a schedule from one of the rules
+below, tried in order like TVM's dlight rules (the first rule that returns a schedule wins):
+
+    conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
+    depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
+    matmul.Matmul                matmul / dense / batch matmul, transformer shapes
+    reduction.RowReduction       pooling, mean, softmax, layernorm, sums (reduce + elementwise)
+    injective.Injective          elementwise / broadcast / transpose / reshape / gather
+
+Functions that already carry ``tirx.is_scheduled`` (e.g. applied from a MetaSchedule database) are
+left alone and not reported. Rules that pack constant weights mark the packing block as a
+layout-rewrite preprocessing stage; afterwards ``SplitLayoutRewritePreproc`` + ``FoldConstant``
+move it into its own function and evaluate it at compile time, so the packed weights are
+embedded in the library. Packing functions that could not be folded (a weight that is a graph
+input) are scheduled by the injective rule and reported like any other function.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+
+from targets.lowering.schedules.common import ScheduleRule
 
 
 @dataclasses.dataclass
@@ -13,15 +33,83 @@ class ScheduleReport:
     unscheduled: list[str] = dataclasses.field(default_factory=list)
 
 
-def apply_default_schedules(mod, target):
+def default_rules() -> list[ScheduleRule]:
+    """The CPU rules in the order they are tried."""
+    from targets.lowering.schedules.conv2d import Conv2dDirect
+    from targets.lowering.schedules.depthwise import GroupConv2d
+    from targets.lowering.schedules.injective import Injective
+    from targets.lowering.schedules.matmul import Matmul
+    from targets.lowering.schedules.reduction import RowReduction
+
+    return [Conv2dDirect(), GroupConv2d(), Matmul(), RowReduction(), Injective()]
+
+
+def _is_scheduled(func) -> bool:
+    attrs = func.attrs
+    return attrs is not None and "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])
+
+
+def _schedule_functions(mod, target, rules, report: ScheduleReport):
+    """Apply the first matching rule to every unscheduled PrimFunc of ``mod``; fill ``report``."""
+    from tvm import tirx
+
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+            continue
+        name = gvar.name_hint
+        for rule in rules:
+            sch = rule.apply(func, target, False)
+            if sch is not None:
+                updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                report.scheduled[name] = rule.name
+                break
+        else:
+            report.unscheduled.append(name)
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod
+
+
+def apply_default_schedules(mod, target, rules: list[ScheduleRule] | None = None):
     """Schedule every PrimFunc of a legalized+fused Relax ``mod`` for ``target``.
 
-    Returns ``(mod, ScheduleReport)``. Placeholder: applies no rule and lists every PrimFunc.
+    Returns ``(mod, ScheduleReport)``; the report is keyed by the final function names (a function
+    whose weights were pre-packed is renamed ``<name>_prepacked`` by SplitLayoutRewritePreproc).
+    ``rules`` overrides :func:`default_rules` (tests use it to exercise one rule at a time).
     """
-    import tvm
+    from tvm import relax
 
-    report = ScheduleReport()
-    for gvar, func in mod.functions.items():
-        if isinstance(func, tvm.tir.PrimFunc):
-            report.unscheduled.append(gvar.name_hint)
+    rules = default_rules() if rules is None else list(rules)
+    with target:
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+        first = ScheduleReport()
+        mod = _schedule_functions(mod, target, rules, first)
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
+        mod = relax.transform.DeadCodeElimination()(mod)
+
+        report = ScheduleReport()
+        live = {gvar.name_hint: func for gvar, func in mod.functions_items()}
+        for name, rule in first.scheduled.items():
+            for final in (name, f"{name}_prepacked"):
+                if final in live:
+                    report.scheduled[final] = rule
+        report.unscheduled = [name for name in first.unscheduled if name in live]
+        # Packing stages left in the graph (weights that are not constants) are plain copies. They
+        # inherited ``tirx.is_scheduled`` from the function they were split from, so schedule them
+        # explicitly.
+        from targets.lowering.schedules.injective import Injective
+
+        rule = Injective()
+        for gvar, func in list(mod.functions_items()):
+            name = gvar.name_hint
+            if not name.endswith("_weight_prepack") or name in report.scheduled:
+                continue
+            sch = rule.apply(func, target, False)
+            if sch is None:
+                report.unscheduled.append(name)
+            else:
+                mod[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                report.scheduled[name] = rule.name
     return mod, report

@@ -1,0 +1,202 @@
+"""Helpers shared by the schedule rules: the rule base class, block analysis, tile-size choice,
+epilogue fusion and compile-time weight packing.
+
+Every rule works on one fused PrimFunc as produced by Relax's ``zero`` pipeline (LegalizeOps ->
+FuseOps -> FuseTIR): a root block holding a chain of blocks, typically an optional padding stage, one
+"anchor" block (conv2d, matmul, a reduction) and an epilogue of elementwise blocks (bias add, relu,
+residual add, clip). A rule returns a scheduled ``tvm.s_tir.Schedule`` or ``None`` when the
+function is not of its family, exactly like TVM's dlight rules, so the rules also work with
+``tvm.s_tir.dlight.ApplyDefaultSchedule``.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.target import Target, codegen
+
+# Below this many output elements a kernel is run on one thread: the thread-pool launch (a few
+# microseconds) costs more than it saves on 2 cores.
+MIN_PARALLEL_ELEMENTS = 4096
+
+# Block annotation that Relax's SplitLayoutRewritePreproc understands: the block is a pure
+# re-layout of one PrimFunc parameter and may be split into its own function (then folded at
+# compile time by FoldConstant when the parameter is a constant weight).
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+
+class ScheduleRule(dlight.ScheduleRule):
+    """A dlight-compatible rule with a short ``name`` recorded in the ScheduleReport."""
+
+    name = "rule"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def vector_bits(target: Target) -> int:
+    """Width in bits of the target's SIMD registers (512 with AVX-512, 256 with AVX2, else 128).
+
+    Read from the target's features, not from ``llvm_get_vector_width``, which reports the host's
+    width for any x86 ``mcpu``."""
+    if target.kind.name != "llvm":
+        return 128
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    if mtriple and not mtriple.startswith(("x86_64", "i686", "i386")):
+        return 128  # AArch64 NEON / other ISAs: 128-bit vectors (SVE is not used here)
+    for feature, bits in (("avx512f", 512), ("avx", 256)):
+        try:
+            if codegen.target_has_features(feature, target):
+                return bits
+        except Exception:  # noqa: BLE001 - features unknown to this LLVM: assume 128-bit SIMD
+            return 128
+    return 128
+
+
+def vector_registers(target: Target) -> int:
+    """Architectural SIMD registers: 32 with AVX-512 or on AArch64, 16 otherwise (AVX2, SSE)."""
+    if vector_bits(target) >= 512:
+        return 32
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    return 32 if mtriple.startswith("aarch64") else 16
+
+
+def register_tile(n_vectors: int, extent: int, registers: int) -> tuple[int, int]:
+    """(nb, t): ``nb`` vectors (dividing ``n_vectors``) by ``t`` rows (dividing ``extent``) of
+    accumulators for an outer-product micro-kernel, maximizing ``nb*t`` subject to the register
+    budget ``nb*t`` accumulators + ``nb`` loaded vectors + 1 broadcast ``<= registers`` (spilling an
+    accumulator costs a load and a store per FMA)."""
+    best = (0, 1, 1)
+    for nb in (4, 3, 2, 1):
+        if n_vectors % nb:
+            continue
+        t = largest_divisor(extent, (registers - 1) // nb - 1)
+        if nb * t > best[0]:
+            best = (nb * t, nb, t)
+    return best[1], best[2]
+
+
+def vector_lanes(target: Target, dtype: str) -> int:
+    """Number of ``dtype`` elements in one SIMD register of ``target``."""
+    digits = "".join(ch for ch in str(dtype) if ch.isdigit())
+    bits = int(digits) if digits else 32
+    return max(1, vector_bits(target) // bits)
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is ``<= limit`` (at least 1)."""
+    for d in range(min(n, max(1, limit)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def vector_width_for(extent: int, lanes: int) -> int:
+    """The largest power-of-two width ``<= lanes`` that divides ``extent`` (1 when none >= 4 does)."""
+    v = lanes
+    while v >= 4:
+        if extent % v == 0:
+            return v
+        v //= 2
+    return 1
+
+
+def root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def block_name(sch: s_tir.Schedule, block) -> str:
+    return sch.get(block).name_hint
+
+
+def iter_kinds(sch: s_tir.Schedule, block) -> str:
+    """'S'/'R'/'O' per block iter var, e.g. ``SSSSRRR`` for conv2d."""
+    out = []
+    for iv in sch.get(block).iter_vars:
+        out.append({0: "S", 2: "R"}.get(int(iv.iter_type), "O"))
+    return "".join(out)
+
+
+def extents(sch: s_tir.Schedule, loops) -> list[int] | None:
+    """Constant extents of ``loops``, or None if any is symbolic."""
+    out = []
+    for loop in loops:
+        ext = sch.get(loop).extent
+        if not isinstance(ext, tirx.IntImm):
+            return None
+        out.append(int(ext.value))
+    return out
+
+
+def is_static(func: tirx.PrimFunc) -> bool:
+    """True if every buffer of ``func`` has a constant shape (all rules here need static shapes)."""
+    for buf in func.params:
+        for dim in getattr(buf, "shape", ()):
+            if not isinstance(dim, tirx.IntImm):
+                return False
+    return True
+
+
+def find_anchor(sch: s_tir.Schedule, names: tuple[str, ...]):
+    """The single root-level block whose name is in ``names`` (None if absent or ambiguous)."""
+    found = [b for b in root_blocks(sch) if block_name(sch, b) in names]
+    return found[0] if len(found) == 1 else None
+
+
+def fuse_epilogue(sch: s_tir.Schedule, anchor):
+    """Inline every elementwise block after ``anchor`` into the last one and return that last block
+    (None when the anchor is the output). Raises if the chain is not a simple elementwise tail, so
+    the calling rule can decline the function."""
+    blocks = root_blocks(sch)
+    names = [block_name(sch, b) for b in blocks]
+    idx = names.index(block_name(sch, anchor))
+    tail = blocks[idx + 1 :]
+    for b in tail[:-1]:
+        sch.compute_inline(b)
+    return tail[-1] if tail else None
+
+
+def is_output(sch: s_tir.Schedule, func: tirx.PrimFunc, block) -> bool:
+    """True if ``block`` writes one of ``func``'s parameters (an output of the function)."""
+    return any(any(w.source.same_as(p) for p in func.params) for w in sch.get(block).writes)
+
+
+def layout_free_params(func: tirx.PrimFunc) -> set[int]:
+    """Indices of parameters that Relax's AttachAttrLayoutFreeBuffers marked as constants."""
+    attr = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    return {int(i) for i in attr} if attr is not None else set()
+
+
+def read_buffer_param_index(func: tirx.PrimFunc, buffer) -> int | None:
+    """Position of ``buffer`` among ``func``'s parameters, or None if it is an internal buffer."""
+    for i, param in enumerate(func.params):
+        if param.same_as(buffer):
+            return i
+    return None
+
+
+def pack_operand(sch: s_tir.Schedule, func: tirx.PrimFunc, block, read_index: int, index_map, parallel=True):
+    """Re-lay out operand ``read_index`` of ``block`` with ``index_map`` into a new global buffer.
+
+    If the operand is a constant parameter (``layout_free_buffers``), the copy block is annotated as
+    a layout-rewrite preprocessing stage: SplitLayoutRewritePreproc moves it into its own function
+    and FoldConstant runs it at compile time, so the packed weight ships in the library and costs
+    nothing per inference. Otherwise the copy stays in the function (a cheap per-call repack,
+    parallelized) and the kernel still gets its contiguous vector loads. Returns the copy block.
+    """
+    buf = sch.get(block).reads[read_index].source
+    param_index = read_buffer_param_index(func, buf)
+    copy = sch.cache_read(block, read_index, "global")
+    sch.transform_layout(copy, ("write", 0), index_map)
+    if param_index is not None and param_index in layout_free_params(func):
+        sch.annotate(copy, LAYOUT_REWRITE_PREPROC, 1)
+    elif parallel:
+        loops = sch.get_loops(copy)
+        if len(loops) >= 2:
+            sch.parallel(sch.fuse(*loops[:2]))
+        elif loops:
+            sch.parallel(loops[0])
+    return copy

@@ -1,0 +1,129 @@
+"""Direct NCHW conv2d (any kernel size, stride, dilation; 1x1 included), groups == 1.
+
+Loop structure produced (F out channels, OW output width, V SIMD lanes):
+
+    pad stage:   parallel(n, c) copy of the input with its zero border (inlined for 1x1/no padding)
+    weight pack: W[F, C, KH, KW] -> Wp[F/(nb*V), C, KH, KW, nb*V]   (folded at compile time when W is
+                 a constant: SplitLayoutRewritePreproc + FoldConstant in apply_default_schedules)
+    parallel for (n, f_outer, oh, ow_outer):          # f_outer: blocks of nb*V output channels
+        acc[xt][nb*V] = 0                             # register tile, vectorized over channels
+        for rc, ry, rx:                               # reduction
+            for xi in 0..xt (unrolled), fb in 0..nb (unrolled):
+                acc[xi][fb*V:(fb+1)*V] += input[rc, oh*s+ry, (ow0+xi)*s+rx] (broadcast)
+                                          * Wp[f_outer, rc, ry, rx, fb*V:(fb+1)*V] (one vector load)
+        out[n, f, oh, ow0:ow0+xt] = epilogue(acc)     # bias/relu/residual/clip fused in write-back
+
+Why this shape: vectorizing over output channels makes every inner-loop operand a contiguous
+vector load or a scalar broadcast for any stride (stride 2 would need gathers if vectorized over
+width), it needs no activation re-layout (the network stays NCHW, so no layout_transform between
+layers), and an ``nb x xt`` accumulator tile sized to the register file (28 of the 32 AVX-512 registers for
+2 x 14) stays in registers: per reduction step nb weight loads and xt broadcasts feed nb*xt FMAs. The weight block of one
+``f_outer`` (C*KH*KW*nb*V floats) stays in L2 while (oh, ow_outer) sweep the image.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from targets.lowering.schedules import common
+
+
+def _weight_read_index(block: s_tir.SBlock) -> int | None:
+    """The read whose first index is the output-channel iter var (the weight, not the input)."""
+    f_var = block.iter_vars[1].var
+    for i, region in enumerate(block.reads):
+        if len(region.region) == 4 and region.region[0].min.same_as(f_var):
+            return i
+    return None
+
+
+def _pad_block(sch: s_tir.Schedule, conv):
+    producers = [p for p in sch.get_producers(conv) if common.block_name(sch, p).startswith("pad_temp")]
+    return producers[0] if len(producers) == 1 else None
+
+
+def choose_tile(out_channels: int, out_width: int, lanes: int, registers: int) -> tuple[int, int, int]:
+    """(V, nb, xt): vector width over channels, channel vectors per tile, output columns per tile
+    (exact divisors, no partial tiles; see common.register_tile for the register budget)."""
+    v = common.vector_width_for(out_channels, lanes)
+    nb, xt = common.register_tile(out_channels // v, out_width, registers)
+    return v, nb, xt
+
+
+def schedule_pad(sch: s_tir.Schedule, pad) -> None:
+    """Inline a pure copy (no border); otherwise run the padded copy in parallel over (n, c)."""
+    block = sch.get(pad)
+    src, dst = block.reads[0].source, block.writes[0].source
+    if [int(d) for d in src.shape] == [int(d) for d in dst.shape]:
+        sch.compute_inline(pad)
+        return
+    loops = sch.get_loops(pad)
+    sch.parallel(sch.fuse(*loops[:2]))
+
+
+class Conv2dDirect(common.ScheduleRule):
+    """NCHW conv2d with a register-tiled, channel-vectorized micro-kernel (see module docstring)."""
+
+    name = "conv2d-direct"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
+            return None
+        sch = s_tir.Schedule(func)
+        conv = common.find_anchor(sch, ("conv2d_nchw",))
+        if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
+            return None
+        try:
+            return self._schedule(sch, func, conv, target)
+        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
+            return None
+
+    def _schedule(self, sch, func, conv, target):
+        block = sch.get(conv)
+        w_idx = _weight_read_index(block)
+        if w_idx is None:
+            return None
+        out_dtype = block.writes[0].source.dtype
+        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+        N, F, OH, OW, C, KH, KW = common.extents(sch, [n, f, y, x, rc, ry, rx])
+        v, nb, xt = choose_tile(F, OW, common.vector_lanes(target, out_dtype), common.vector_registers(target))
+        tile_f = nb * v
+
+        pad = _pad_block(sch, conv)
+        epilogue = common.fuse_epilogue(sch, conv)
+
+        # Weight: [F, C, KH, KW] -> [F/tile_f, C, KH, KW, tile_f], one contiguous stream per tile.
+        common.pack_operand(
+            sch, func, conv, w_idx,
+            lambda o, i, h, w: (o // tile_f, h, w, i, o % tile_f),
+        )
+
+        fo, fb, fv = sch.split(f, [None, nb, v])
+        xo, xi = sch.split(x, [None, xt])
+        sch.reorder(n, fo, y, xo, ry, rx, rc, xi, fb, fv)
+
+        # Register tile: the accumulator is laid out [x][f] so the channel vector is contiguous.
+        acc = sch.cache_write(conv, 0, "local")
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+        if epilogue is not None:
+            sch.reverse_compute_inline(epilogue)
+
+        outer = sch.fuse(n, fo, y, xo)
+        if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
+            sch.parallel(outer)
+        sch.unroll(xi)
+        sch.unroll(fb)
+        if v > 1:
+            sch.vectorize(fv)
+        init = sch.decompose_reduction(conv, ry)
+        init_loops = sch.get_loops(init)
+        sch.unroll(init_loops[-3])
+        sch.unroll(init_loops[-2])
+        if v > 1:
+            sch.vectorize(init_loops[-1])
+
+        if pad is not None:
+            schedule_pad(sch, pad)
+        return sch
