@@ -1,0 +1,46 @@
+"""Compile one model in a child process and print its compile time and peak memory as JSON.
+
+A separate process gives an honest peak RSS for the compile (TVM's memory is native, invisible to
+tracemalloc) and a cold start like a user's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("output")
+    parser.add_argument("--input-shape", action="append", default=[])
+    parser.add_argument("--passes", default=None)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    from compiler.api import compile_model
+    from compiler.frontend import parse_input_shape
+
+    shapes = dict(parse_input_shape(s) for s in args.input_shape)
+    result = compile_model(
+        args.model, output=args.output, input_shapes=shapes, passes=args.passes,
+        verify=False, measure=False, force=True, progress=False,
+    )
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lowering = result.report.get("lowering") or {}
+    print(json.dumps({
+        "compile_s": seconds,
+        "peak_rss_mb": peak_mb,
+        "unscheduled": lowering.get("unscheduled", []),
+        "lowering_s": result.report.get("run", {}).get("lowering_s"),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,28 @@
+"""Timing helpers: medians of repeated runs after warm-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def measure(fn: Callable[[], object], runs: int = 20, warmup: int = 3, max_seconds: float = 120.0) -> dict:
+    """Run ``fn`` ``warmup`` times, then ``runs`` times (fewer if ``max_seconds`` would be exceeded,
+    never fewer than 3); returns median/min/p90 in milliseconds and the run count."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while len(samples) < runs and (len(samples) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    ms = np.array(samples) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(ms.min()),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "runs": len(samples),
+    }
