@@ -22,6 +22,11 @@ from tvm.relax.frontend.onnx import onnx_frontend
 
 from compiler.errors import LoweringError, OptionError, UnsupportedModelError
 from targets.lowering.errors import one_line
+from targets.lowering.integer_ops import install_converters
+
+# Our converters for the integer-only form (ConvInteger) join the frontend's table before any
+# check or import reads it.
+install_converters()
 
 # The frontend ignores node domains. These are the domains whose ops its table describes: the
 # standard one and com.microsoft (its table holds contrib ops such as SkipLayerNormalization).

@@ -213,15 +213,18 @@ def test_unsupported_op_from_custom_domain(tmp_path):
 
 
 def test_unsupported_standard_op_names_first_node(tmp_path):
-    """A real ONNX op the importer lacks (ConvInteger, shared/research/tvm-0.27.md §4)."""
+    """A real ONNX op the importer lacks (QLinearMatMul, shared/research/tvm-0.27.md §4; ConvInteger
+    was the example until targets/lowering/integer_ops.py added a converter for it)."""
     proto = make_model(
-        """g (uint8[1, 1, 5, 5] x) => (int32[1, 1, 3, 3] y) {
-            y = ConvInteger (x, w)
+        """g (uint8[2, 4] a) => (uint8[2, 3] y) {
+            r = Identity (a)
+            y = QLinearMatMul (r, sa, za, b, sb, zb, sy, zy)
         }""",
-        {"w": ((1, 1, 3, 3), np.uint8)},
+        {"b": ((4, 3), np.uint8), "sa": ((), np.float32), "za": ((), np.uint8), "sb": ((), np.float32),
+         "zb": ((), np.uint8), "sy": ((), np.float32), "zy": ((), np.uint8)},
     )
-    proto.graph.node[0].name = "conv_int"
-    with pytest.raises(UnsupportedModelError, match=r"operator 'ConvInteger' \(node 'conv_int'\) is not supported"):
+    proto.graph.node[1].name = "qmatmul"
+    with pytest.raises(UnsupportedModelError, match=r"operator 'QLinearMatMul' \(node 'qmatmul'\) is not supported"):
         lower_model(proto, get_target("cpu"), {}, tmp_path)
 
 

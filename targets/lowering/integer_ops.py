@@ -1,0 +1,183 @@
+"""Relax converters for the integer-only ONNX ops that TVM 0.27's ONNX importer lacks.
+
+    from targets.lowering.integer_ops import install_converters
+    install_converters()          # idempotent; then targets.lowering.lower_model / from_onnx
+
+The integer-only form (passes/quantize docstring) uses QuantizeLinear, DequantizeLinear,
+ConvInteger, MatMulInteger, Add/Sub/Mul on int32/int64, Cast (int32/int64/uint64/uint8),
+BitShift on uint64, Clip on int64, MaxPool on uint8, ReduceSum on int32 and shape ops. Of these
+the importer has no converter for **ConvInteger** only; this module adds it. The importer's own
+converters for the others were checked bit-exact against ONNX Runtime and compiler/reference.py
+for the dtypes of the spec (tests/targets/test_integer_lowering.py): uint64 BitShift RIGHT with a
+per-channel shift tensor (logical shift, shifts up to 63), int64 Mul/Add with constants up to 2^62
+(the frontend keeps int64 initializers int64, so trap B4 does not apply to it), Cast
+int64 <-> uint64 and int64 -> uint8 (wrap-around), Clip on int64 with int64 bounds, MatMulInteger
+for all four int8/uint8 combinations with scalar and per-column zero points, QuantizeLinear
+(round half to even, saturation) and DequantizeLinear, uint8 MaxPool with padding, int32 ReduceSum.
+
+Installation wraps ``onnx_frontend._get_convert_map``: ``from_onnx`` (and our importer's support
+check) call that module function for every model, so the wrapped table is seen by both
+(shared/research/tvm-0.27.md §4). Our entries take precedence over the frontend's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend
+
+__all__ = ["SUPPORTED_EXTRA_OPS", "ConvInteger", "install_converters", "installed"]
+
+_INT8_TYPES = ("int8", "uint8")
+
+
+def _dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: relax.Expr) -> list[int]:
+    return [int(d) for d in expr.ty.shape]
+
+
+def _constant(expr: relax.Expr | None) -> np.ndarray | None:
+    """The value of a Relax constant (initializers import as constants), else None."""
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.data.numpy() if hasattr(expr, "data") else expr.value.numpy()
+    return None
+
+
+def _attr_str(attr: dict[str, Any], name: str, default: str) -> str:
+    value = attr.get(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def conv_pads(attr: dict[str, Any], in_shape: list[int], kernel: list[int], strides: list[int],
+              dilations: list[int]) -> list[int]:
+    """ONNX pads ``[top, left, bottom, right]`` for ``pads``/``auto_pad`` (static shapes).
+
+    SAME_UPPER/SAME_LOWER: output = ceil(in / stride), total pad split evenly with the odd pixel
+    at the end (UPPER) or the beginning (LOWER), as ONNX defines.
+    """
+    auto_pad = _attr_str(attr, "auto_pad", "NOTSET")
+    nd = len(kernel)
+    if auto_pad == "NOTSET":
+        pads = [int(p) for p in attr.get("pads", [0] * 2 * nd)]
+        if len(pads) != 2 * nd:
+            raise ValueError(f"pads {pads} must have {2 * nd} values")
+        return pads
+    if auto_pad == "VALID":
+        return [0] * 2 * nd
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"invalid auto_pad '{auto_pad}'")
+    begin, end = [], []
+    for size, k, s, d in zip(in_shape, kernel, strides, dilations):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
+class ConvInteger(onnx_frontend.OnnxOpConverter):
+    """ONNX ConvInteger (opset 10), 2-D NCHW: int32 y = conv(x - x_zero_point, w - w_zero_point).
+
+    x and w are int8 or uint8; x_zero_point is a scalar; w_zero_point a scalar or one per output
+    channel. ONNX pads with the zero point (pads contribute 0 after the shift); groups, strides,
+    dilations and auto_pad as Conv.
+
+    Two lowerings, both exact in int32 (|acc| <= K * 255 * 255 < 2^31 for K < 33000):
+
+    * the integer-only form (weights symmetric, so w_zero_point is absent or a constant 0, and
+      x_zero_point a constant): the conv stays ``conv2d(x_u8/i8, w_i8, out_dtype="int32")`` so an
+      int8 dot-product schedule (VNNI) can take it, with the zero point moved out:
+          conv(x - zx, w) = conv(pad(x, value=zx), w) - zx * sum_{c,kh,kw} w[m]
+      (the input is padded with zx explicitly, so the border sees x - zx = 0 like ONNX; the
+      correction is a per-channel constant when w is constant).
+    * anything else (a weight zero point, a non-constant x zero point): both operands are widened
+      to int32 and shifted before an int32 conv2d.
+    """
+
+    @classmethod
+    def _impl_v10(cls, bb: relax.BlockBuilder, inputs, attr: dict[str, Any], params):
+        x, w = inputs[0], inputs[1]
+        x_zp = inputs[2] if len(inputs) > 2 else None
+        w_zp = inputs[3] if len(inputs) > 3 else None
+        for name, value in (("x", x), ("w", w)):
+            if _dtype(value) not in _INT8_TYPES:
+                raise ValueError(f"ConvInteger: {name} must be int8 or uint8, got {_dtype(value)}")
+        if len(_shape(x)) != 4:
+            raise NotImplementedError(f"ConvInteger: only 2-D (NCHW) convolutions are supported, input is {_shape(x)}")
+
+        w_shape = _shape(w)
+        kernel = [int(k) for k in attr.get("kernel_shape", w_shape[2:])]
+        strides = [int(s) for s in attr.get("strides", [1, 1])]
+        dilations = [int(d) for d in attr.get("dilations", [1, 1])]
+        groups = int(attr.get("group", 1))
+        pads = conv_pads(attr, _shape(x)[2:], kernel, strides, dilations)
+        conv = dict(strides=strides, dilation=dilations, groups=groups, out_dtype="int32")
+
+        x_zp_value = _constant(x_zp) if x_zp is not None else np.zeros(())
+        w_zp_value = _constant(w_zp) if w_zp is not None else np.zeros(())
+        if x_zp_value is not None and w_zp_value is not None and not np.any(w_zp_value):
+            zx = int(np.asarray(x_zp_value).reshape(-1)[0])
+            if zx == 0:
+                return relax.op.nn.conv2d(x, w, padding=pads, **conv)
+            # explicit pad with the zero point: relax pad_width is (before, after) per axis
+            padded = relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]], pad_value=float(zx))
+            acc = bb.normalize(relax.op.nn.conv2d(padded, w, padding=[0, 0, 0, 0], **conv))
+            w_value = _constant(w)
+            if w_value is not None:
+                # int64 sum, then int32: |zx * sum w| <= 128 * 127 * K fits int32 for K < 132000
+                corr = relax.const((zx * w_value.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
+                                   .reshape(1, -1, 1, 1), "int32")
+            else:
+                total = relax.op.sum(relax.op.astype(w, "int32"), axis=[1, 2, 3], keepdims=True)
+                corr = relax.op.reshape(relax.op.multiply(total, relax.const(zx, "int32")), [1, -1, 1, 1])
+            return relax.op.subtract(acc, corr)
+
+        x32 = relax.op.astype(x, "int32")
+        if x_zp is not None:
+            x32 = relax.op.subtract(x32, relax.op.reshape(relax.op.astype(x_zp, "int32"), []))
+        w32 = relax.op.astype(w, "int32")
+        if w_zp is not None:
+            w_zp32 = bb.normalize(relax.op.astype(w_zp, "int32"))
+            n = int(np.prod(_shape(w_zp32)))
+            # per output channel: [M] -> [M, 1, 1, 1]; a scalar or [1] broadcasts as is
+            w32 = relax.op.subtract(w32, relax.op.reshape(w_zp32, [-1, 1, 1, 1] if n > 1 else []))
+        return relax.op.nn.conv2d(x32, w32, padding=pads, **conv)
+
+
+_EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {"ConvInteger": ConvInteger}
+
+# ONNX op types this module makes importable (for support checks and reports).
+SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS)
+
+_MARK = "_edgekiln_integer_ops"
+
+
+def installed() -> bool:
+    """Whether the frontend's converter table currently includes our converters."""
+    return bool(getattr(onnx_frontend._get_convert_map, _MARK, False))
+
+
+def install_converters() -> None:
+    """Add our converters to TVM's ONNX frontend (process-wide, idempotent).
+
+    Wraps ``onnx_frontend._get_convert_map`` once; calling again is a no-op, so the wrapper never
+    nests. The original table is read on every call, so later changes to it are still seen.
+    """
+    if installed():
+        return
+    original = onnx_frontend._get_convert_map
+
+    def _get_convert_map() -> dict[str, Any]:
+        table = dict(original())
+        table.update(_EXTRA_CONVERTERS)
+        return table
+
+    setattr(_get_convert_map, _MARK, True)
+    _get_convert_map.__wrapped__ = original  # type: ignore[attr-defined]
+    onnx_frontend._get_convert_map = _get_convert_map
