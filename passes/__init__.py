@@ -1,3 +1,4 @@
 """Built-in passes. Importing this package registers them with ``compiler.pass_base``."""
 
 from passes import canonicalize  # noqa: F401
+from passes import quantize  # noqa: F401

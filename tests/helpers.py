@@ -188,6 +188,105 @@ def check_dead_code_free(model: Model) -> list[str]:
     return problems
 
 
+_FLOAT_TYPES = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
+_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype is not None and value.dtype.name in _FLOAT_TYPES
+
+
+def _dynamic(model: Model) -> set[int]:
+    """ids of values that depend on a graph input (a forward sweep; needs topological order)."""
+    dynamic = {id(v) for v in model.graph.inputs}
+    for node in model.graph:
+        if any(v is not None and id(v) in dynamic for v in node.inputs):
+            dynamic.update(id(v) for v in node.outputs)
+    return dynamic
+
+
+def _float_graph_inputs_feed_only_quantizers(model: Model) -> list[str]:
+    return [
+        f"{use.node.op_type} '{use.node.name}' reads float graph input '{v.name}' directly"
+        for v in model.graph.inputs
+        if _is_float(v)
+        for use in v.uses()
+        if use.node.op_type != "QuantizeLinear"
+    ]
+
+
+def check_integer_only(model: Model) -> list[str]:
+    """No float arithmetic between the input quantizers and the output dequantizers, except islands.
+
+    Re-derived from the graph: float graph inputs feed only QuantizeLinear; every other node that
+    reads a float activation is an island node, i.e. all its float activations come from
+    DequantizeLinear or other island nodes (islands end in QuantizeLinear or a graph output); no
+    node makes a float activation from integers except DequantizeLinear; and no Conv/Gemm/MatMul
+    with a constant weight is left in float (those must be ConvInteger/MatMulInteger).
+    """
+    problems = _float_graph_inputs_feed_only_quantizers(model)
+    dynamic = _dynamic(model)
+    island: set[int] = set()
+    for node in model.graph:
+        label = f"{node.op_type} '{node.name}'"
+        float_in = [v for v in node.inputs if v is not None and id(v) in dynamic and _is_float(v)]
+        float_out = [v for v in node.outputs if id(v) in dynamic and _is_float(v)]
+        if node.op_type == "DequantizeLinear":
+            island.update(id(v) for v in float_out)
+            continue
+        if node.op_type == "QuantizeLinear":
+            continue
+        outside = [v.name for v in float_in if id(v) not in island and not v.is_graph_input()]
+        if outside:
+            problems.append(f"{label} reads float '{outside[0]}' that no DequantizeLinear/island produced")
+        if float_out and not float_in:
+            problems.append(f"{label} makes float '{float_out[0].name}' from integers without DequantizeLinear")
+        island.update(id(v) for v in float_out)
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        if node.op_type in _WEIGHTED_OPS and _is_float(weight) and id(weight) not in dynamic:
+            problems.append(f"{label} with a constant float weight was not lowered to an integer op")
+    return problems
+
+
+def _const_dtype(value: ir.Value | None) -> str | None:
+    if value is None or value.is_graph_input() or value.const_value is None:
+        return None
+    return value.const_value.dtype.name
+
+
+def check_qdq_form(model: Model) -> list[str]:
+    """QuantizeLinear/DequantizeLinear pairs around float compute (what ORT/TensorRT consume).
+
+    Float graph inputs feed only QuantizeLinear; every Conv/Gemm/MatMul whose weight is constant
+    reads its activation from a DequantizeLinear and its weight from a DequantizeLinear of an int8
+    initializer (per channel: a 1-D scale with an axis, unless there is one channel); a Conv bias is
+    a DequantizeLinear of an int32 initializer or a float constant.
+    """
+    problems = _float_graph_inputs_feed_only_quantizers(model)
+    for node in model.graph:
+        if node.op_type not in _WEIGHTED_OPS or len(node.inputs) < 2:
+            continue
+        label = f"{node.op_type} '{node.name}'"
+        w_dq = node.inputs[1].producer()
+        if w_dq is None:
+            if _is_const(node.inputs[1]):
+                problems.append(f"{label} has a float weight without DequantizeLinear")
+            continue
+        if w_dq.op_type != "DequantizeLinear" or _const_dtype(w_dq.inputs[0]) != "INT8":
+            continue  # weight computed at run time: not a weighted layer
+        x_dq = node.inputs[0].producer()
+        if x_dq is None or x_dq.op_type != "DequantizeLinear":
+            problems.append(f"{label} reads its activation without DequantizeLinear")
+        scale = w_dq.inputs[1].const_value
+        if scale is not None and scale.numpy().size > 1 and "axis" not in w_dq.attributes and w_dq.inputs[0].const_value.numpy().ndim > 1:
+            problems.append(f"{label}: per-channel weight DequantizeLinear has no axis")
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            b_dq = node.inputs[2].producer()
+            if b_dq is not None and not (b_dq.op_type == "DequantizeLinear" and _const_dtype(b_dq.inputs[0]) == "INT32"):
+                problems.append(f"{label}: bias is neither an int32 DequantizeLinear nor a constant")
+    return problems
+
+
 FACT_CHECKS: dict[Fact, Callable[[Model], list[str]]] = {
     Fact.SHAPES_INFERRED: check_shapes_inferred,
     Fact.CONSTANTS_LIFTED: check_constants_lifted,
@@ -197,6 +296,15 @@ FACT_CHECKS: dict[Fact, Callable[[Model], list[str]]] = {
     Fact.DEAD_CODE_FREE: check_dead_code_free,
     Fact.TOPO_SORTED: check_topo_sorted,
 }
+
+# Facts about the numeric form. Kept apart from FACT_CHECKS, whose facts every canonical float
+# model satisfies (tests assert "all FACT_CHECKS hold after canonicalize"); a float model never has
+# these. ALL_FACT_CHECKS is what the contract test uses to check a pass's ``provides``.
+FORM_FACT_CHECKS: dict[Fact, Callable[[Model], list[str]]] = {
+    Fact.QDQ_FORM: check_qdq_form,
+    Fact.INTEGER_ONLY: check_integer_only,
+}
+ALL_FACT_CHECKS: dict[Fact, Callable[[Model], list[str]]] = {**FACT_CHECKS, **FORM_FACT_CHECKS}
 
 
 def facts_holding(model: Model) -> set[Fact]:

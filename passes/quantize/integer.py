@@ -1,0 +1,471 @@
+"""``quantize``: calibrate, then rewrite the float graph into the integer-only (HAWQ-V3 dyadic) form.
+
+The emitted patterns are exactly those of the ``passes.quantize`` package docstring; this module
+decides, node by node in topological order, which pattern applies:
+
+=====================================  ==============================================================
+float node                             integer form
+=====================================  ==============================================================
+graph input (float)                    QuantizeLinear
+Conv / Gemm / MatMul (const weight)    ConvInteger | MatMulInteger -> Add(int32 bias) -> Requantize
+  [+ Add(const) after MatMul]            (the Add's constant becomes the bias)
+  [+ Relu / Clip]                        (folded into the requantizer's clamp)
+Add of two activations [+ Relu/Clip]   per-branch rescale, one shift
+Concat of activations                  per-input rescale to the output scale, Concat on 8 bits
+GlobalAveragePool [+ Relu/Clip]        ReduceSum(Cast INT32) - N*zp -> Requantize(s_x / (N s_out))
+MaxPool, Reshape, Flatten, Transpose,  the same op on the 8-bit tensor (scale and zero point pass
+Squeeze, Unsqueeze                       through); Identity is dropped
+Shape, Size                            read the 8-bit tensor (same shape)
+anything else                          float island: DequantizeLinear -> op -> QuantizeLinear (the
+                                         Q/DQ are added where the island meets integer values)
+graph output                           DequantizeLinear (keeps the output's name)
+=====================================  ==============================================================
+
+Each activation's scale and zero point come from the calibrated range of the float value it
+replaces (for a folded Relu/Clip: the range of the activation's output). Values computed from
+constants only are left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from compiler.context import CompileContext
+from compiler.ir import DataType, Model, Node, Value, ir
+from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
+from passes.quantize.bias_correction import bias_correction, dequantized, input_channel_axis
+from passes.quantize.calibrate import Statistics, collect_statistics
+from passes.quantize.emit import Emitter
+from passes.quantize.layers import FLOAT_TYPES, Layer, dynamic_values, is_onnx, match_activation, match_layer
+from passes.quantize.observers import OBSERVERS
+from passes.quantize.qparams import (
+    ActivationQParams,
+    DyadicError,
+    activation_qparams,
+    dyadic,
+    dyadic_array,
+    quantize_bias,
+    quantize_weight,
+    shared_shift_multipliers,
+)
+
+__all__ = ["QuantizeIntegerPass", "check_quantize_options", "island_reason", "label", "prepare_graph"]
+
+PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+_ACT_DTYPES = {"uint8": DataType.UINT8, "int8": DataType.INT8}
+
+# Why common ops have no integer form here (anything else gets the generic reason).
+_ISLAND_REASONS = {
+    "Softmax": "exp/normalisation has no integer form in the spec",
+    "LogSoftmax": "exp/log has no integer form in the spec",
+    "LayerNormalization": "mean/variance normalisation has no integer form in the spec",
+    "Gelu": "erf/tanh has no integer form in the spec",
+    "Sigmoid": "exp has no integer form in the spec",
+    "Tanh": "tanh has no integer form in the spec",
+    "Erf": "erf has no integer form in the spec",
+    "Div": "division of activations has no integer form in the spec",
+    "Sqrt": "square root has no integer form in the spec",
+    "Pow": "power has no integer form in the spec",
+    "AveragePool": "only GlobalAveragePool has an integer form",
+    "ReduceMean": "only GlobalAveragePool has an integer form",
+    "BatchNormalization": "a BatchNormalization that was not folded into a Conv/Gemm",
+    "Dropout": "Dropout takes float types only (eliminate-identity removes inference Dropout)",
+}
+
+
+def label(node: Node) -> str:
+    """How notes and errors name a node: op type and name (or first output's name when unnamed)."""
+    return f"{node.op_type} '{node.name or (node.outputs[0].name if node.outputs else '')}'"
+
+
+def island_reason(node: Node) -> str:
+    return _ISLAND_REASONS.get(node.op_type, f"no integer form for {node.op_type} in the integer-only spec")
+
+
+def check_quantize_options(bits: int, observer: str, percentile: float, activations: str, ctx: CompileContext) -> None:
+    """Reject bad options and targets that cannot run int8 (one line, naming the option)."""
+    if bits not in (4, 8):
+        raise ValueError(f"option bits={bits}: weights are quantized to 8 or 4 bits")
+    if observer not in OBSERVERS:
+        raise ValueError(f"option observer={observer}: known observers are {', '.join(OBSERVERS)}")
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"option percentile={percentile}: must be in (50, 100]")
+    if activations not in _ACT_DTYPES:
+        raise ValueError(f"option activations={activations}: must be uint8 or int8")
+    target = ctx.target
+    if target is not None and not target.precisions.get("int8", False):
+        raise ValueError(f"target '{getattr(target, 'name', target)}' does not list int8 in its precisions")
+
+
+def prepare_graph(model: Model, emit: Emitter) -> tuple[set[int], list[Value]]:
+    """Checks and normalisation shared by ``quantize`` and ``export-qdq``.
+
+    Sorts the graph, names unnamed values (calibration fetches values by name) and returns the ids
+    of dynamic values with the list of dynamic float values (graph inputs first, then node outputs).
+
+    Raises:
+        ValueError: opset below 13, control flow with subgraphs, or float types other than float32.
+    """
+    graph = model.graph
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    if opset < 13:
+        raise ValueError(f"quantization needs opset >= 13 (per-axis QuantizeLinear, ReduceSum axes input); the model has {opset}")
+    for node in graph:
+        if any(isinstance(a.value, ir.Graph) or (isinstance(a.value, list) and a.value and isinstance(a.value[0], ir.Graph))
+               for a in node.attributes.values()):
+            raise ValueError(f"{label(node)}: control flow with subgraphs is not supported by quantization")
+    graph.sort()
+    for node in graph:
+        for value in node.outputs:
+            if not value.name:
+                value.name = emit.name(f"{node.op_type.lower()}_out")
+    dynamic = dynamic_values(model)
+    dyn_float = [v for v in (*graph.inputs, *(o for n in graph for o in n.outputs))
+                 if id(v) in dynamic and v.dtype is not None and v.dtype.is_floating_point()]
+    other = [v for v in dyn_float if v.dtype not in FLOAT_TYPES]
+    if other:
+        raise ValueError(f"value '{other[0].name}' is {other[0].dtype}; quantization handles float32 models only")
+    return dynamic, dyn_float
+
+
+@dataclasses.dataclass
+class _Q:
+    """A quantized stand-in for a float value."""
+
+    value: Value
+    qp: ActivationQParams
+
+
+class _IntegerRewrite:
+    """One run of the rewrite over one model (state that a frozen pass instance cannot hold)."""
+
+    def __init__(self, model: Model, opts: QuantizeIntegerPass, ctx: CompileContext) -> None:
+        self.model, self.graph, self.opts, self.ctx = model, model.graph, opts, ctx
+        taken = {v.name for v in self.graph.inputs if v.name} | set(self.graph.initializers)
+        taken |= {v.name for node in self.graph for v in node.outputs if v.name}
+        self.emit = Emitter(self.graph, taken)
+        self.qmap: dict[int, _Q] = {}
+        self.fmap: dict[int, Value] = {}
+        self.removed: list[Node] = []
+        self.skip: set[int] = set()
+        self.notes: list[str] = []
+        self.stats = {"integer_layers": 0, "requantizers": 0, "fused_activations": 0, "integer_adds": 0,
+                      "integer_concats": 0, "integer_pools": 0, "pass_through": 0, "islands": 0}
+        self.island_ops: list[str] = []
+
+    # -- setup -------------------------------------------------------------------------------------
+    def run(self) -> PassResult:
+        graph = self.graph
+        self.dynamic, dyn_float = prepare_graph(self.model, self.emit)
+        if not dyn_float:
+            return PassResult(self.model, False, {}, ["no float activations: nothing to quantize"])
+
+        self.layers = {id(n): match_layer(n, self.dynamic) for n in graph}
+        means = []
+        if self.opts.bias_correction:
+            means = [(l.x.name, input_channel_axis(l)) for l in self.layers.values() if isinstance(l, Layer)]
+        stats: Statistics = collect_statistics(
+            self.model, self.ctx.calibration, [v.name for v in dyn_float], self.opts.observer, self.opts.percentile, means
+        )
+        self.ranges, self.means = stats.ranges, stats.channel_means
+        self.notes.append(
+            f"calibrated {len(self.ranges)} tensors on {stats.batches} batches with observer '{self.opts.observer}'"
+            + (f" (p={self.opts.percentile})" if self.opts.observer == "percentile" else "")
+        )
+
+        original = list(graph)
+        for value in graph.inputs:
+            if id(value) in self.dynamic and value.dtype in FLOAT_TYPES and value.uses():
+                self.qmap[id(value)] = _Q(self.emit.quantize_linear(value, self.qparams(value), f"{value.name}_q"), self.qparams(value))
+        self.emit.flush_at_start()
+        for node in original:
+            if id(node) in self.skip:
+                continue
+            self.handle(node)
+            self.emit.flush_before(node)
+        self.finish_outputs()
+        self.emit.flush_at_end()
+        self.cleanup()
+        self.stats["islands"] = len(self.island_ops)
+        return PassResult(self.model, True, self.stats, self.notes)
+
+    def qparams(self, value: Value) -> ActivationQParams:
+        lo, hi = self.ranges[value.name]
+        return activation_qparams(lo, hi, self.opts.activations)
+
+    # -- value lookup ------------------------------------------------------------------------------
+    def is_dyn_float(self, value: Value | None) -> bool:
+        return value is not None and id(value) in self.dynamic and value.dtype in FLOAT_TYPES
+
+    def quant_of(self, value: Value) -> _Q:
+        """The 8-bit stand-in for ``value``; quantizes a float (island) value on first need."""
+        if id(value) not in self.qmap:
+            qp = self.qparams(value)
+            self.qmap[id(value)] = _Q(self.emit.quantize_linear(value, qp, f"{value.name}_q"), qp)
+        return self.qmap[id(value)]
+
+    def float_of(self, value: Value) -> Value:
+        """A float value to read in place of ``value``; dequantizes an 8-bit one on first need."""
+        if id(value) not in self.fmap:
+            if id(value) in self.qmap:
+                q = self.qmap[id(value)]
+                self.fmap[id(value)] = self.emit.dequantize_linear(q.value, q.qp, f"{value.name}_dq")
+            else:
+                self.fmap[id(value)] = value
+        return self.fmap[id(value)]
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    def handle(self, node: Node) -> None:
+        if not any(self.is_dyn_float(v) for v in node.inputs):
+            return  # constants-only or integer-only (e.g. shape arithmetic): untouched
+        if node.name and node.name in self.opts.exclude:
+            return self.island(node, "excluded by the 'exclude' option")
+        if is_onnx(node, "Shape", "Size"):
+            value = node.inputs[0]
+            node.replace_input_with(0, self.qmap[id(value)].value if id(value) in self.qmap else self.float_of(value))
+            return None
+        layer = self.layers.get(id(node))
+        if isinstance(layer, Layer):
+            return self.lower_layer(layer)
+        if isinstance(layer, str):
+            return self.island(node, f"not lowered: {layer}")
+        if is_onnx(node, "Add", "Sum") and len(node.inputs) == 2 and all(self.is_dyn_float(v) for v in node.inputs):
+            return self.lower_add(node)
+        if is_onnx(node, "Concat") and all(self.is_dyn_float(v) for v in node.inputs):
+            return self.lower_concat(node)
+        if is_onnx(node, "GlobalAveragePool"):
+            spatial = list(node.inputs[0].shape or [])[2:]
+            if spatial and all(isinstance(d, int) for d in spatial):
+                return self.lower_gap(node, math.prod(spatial))
+            return self.island(node, "its spatial dims are not static")
+        if is_onnx(node, *PASS_THROUGH):
+            return self.pass_through(node)
+        if is_onnx(node, "Relu", "Clip"):
+            return self.island(node, "not right after a requantizing producer (Conv/Gemm/MatMul/Add/GlobalAveragePool) with one consumer")
+        if is_onnx(node, "Add", "Sum", "Concat"):
+            return self.island(node, "an operand is a constant (only activations have an integer form)")
+        return self.island(node, island_reason(node))
+
+    def island(self, node: Node, reason: str) -> None:
+        for index, value in enumerate(node.inputs):
+            if self.is_dyn_float(value):
+                node.replace_input_with(index, self.float_of(value))
+        for value in node.outputs:
+            self.fmap[id(value)] = value
+        self.island_ops.append(node.op_type)
+        self.notes.append(f"{label(node)} stays float (island): {reason}")
+
+    # -- the integer patterns ----------------------------------------------------------------------
+    def _clamp(self, produced: Value) -> tuple[Value, int, int, list[Node]]:
+        """The value the requantizer replaces (after a folded Relu/Clip), and its clamp bounds."""
+        activation = match_activation(produced)
+        out = activation.node.outputs[0] if activation else produced
+        qp = self.qparams(out)
+        lo, hi = qp.qmin, qp.qmax
+        folded: list[Node] = []
+        if activation is not None:
+            if math.isfinite(activation.lo):
+                lo = max(lo, int(qp.quantize(activation.lo)))
+            if math.isfinite(activation.hi):
+                hi = min(hi, int(qp.quantize(activation.hi)))
+            folded.append(activation.node)
+            self.stats["fused_activations"] += 1
+        return out, lo, hi, folded
+
+    def _replaced(self, nodes: list[Node], out: Value, q: Value, qp: ActivationQParams) -> None:
+        self.qmap[id(out)] = _Q(q, qp)
+        self.removed.extend(nodes)
+        self.skip.update(id(n) for n in nodes)
+        self.stats["requantizers"] += 1
+
+    def lower_layer(self, layer: Layer) -> None:
+        node, label = layer.node, layer.label
+        xq = self.quant_of(layer.x)
+        out, lo, hi, folded = self._clamp(layer.output)
+        qp_out = self.qparams(out)
+        w_q, w_scales = quantize_weight(layer.weight, layer.weight_axis, self.opts.bits)
+        bias = layer.bias if layer.bias is not None else np.zeros(layer.channels)
+        note = ""
+        if self.opts.bias_correction:
+            correction = bias_correction(layer, dequantized(layer, w_q, w_scales), self.means[(layer.x.name, input_channel_axis(layer))])
+            bias = bias + correction
+            steps = np.abs(correction) / qp_out.scale  # in output quantization steps
+            note = f"; bias corrected by {float(steps.mean()):.3f} output steps on average"
+        try:
+            b_q = quantize_bias(bias, xq.qp.scale, w_scales, where=label)
+            m, s = dyadic_array(np.float64(xq.qp.scale) * w_scales.astype(np.float64) / np.float64(qp_out.scale))
+        except DyadicError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+        rank = len(out.shape) if out.shape is not None else (layer.weight.ndim if layer.kind == "conv" else 2)
+        param_shape = [layer.channels] + [1] * (rank - 2) if layer.kind == "conv" else [layer.channels]
+        base = node.name or out.name
+        w_value = self.emit.constant(f"{base}_w_q", w_q)
+        x_zp = self.emit.scalar(f"x_zp_{xq.qp.dtype}", xq.qp.zero_point, xq.qp.np_dtype)
+        if layer.kind == "conv":
+            attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
+            acc = self.emit.op("ConvInteger", [xq.value, w_value, x_zp], DataType.INT32, out.shape, f"{base}_acc", attrs)
+        else:
+            acc = self.emit.op("MatMulInteger", [xq.value, w_value, x_zp], DataType.INT32, out.shape, f"{base}_acc")
+        acc = self.emit.op("Add", [acc, self.emit.constant(f"{base}_b_q", b_q.reshape(param_shape))], DataType.INT32, out.shape, f"{base}_biased")
+        y = self.emit.requantize_accumulator(acc, m.reshape(param_shape), s.reshape(param_shape), qp_out, lo, hi, base)
+        nodes = [node] + ([layer.bias_add] if layer.bias_add is not None else []) + folded
+        self._replaced(nodes, out, y, qp_out)
+        self.stats["integer_layers"] += 1
+        fused = "".join(f" + {n.op_type}" for n in nodes[1:])
+        self.notes.append(
+            f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{self.opts.bits} "
+            f"x {layer.channels} channels, dyadic shifts {int(s.min())}..{int(s.max())}{note}"
+        )
+
+    def lower_add(self, node: Node) -> None:
+        a, b = node.inputs
+        qa, qb = self.quant_of(a), self.quant_of(b)
+        out, lo, hi, folded = self._clamp(node.outputs[0])
+        qp_out = self.qparams(out)
+        try:
+            (m_a, m_b), shift = shared_shift_multipliers([qa.qp.scale / qp_out.scale, qb.qp.scale / qp_out.scale])
+        except DyadicError as exc:
+            raise ValueError(f"{label(node)}: {exc}") from None
+        base = node.name or out.name
+        y = self.emit.requantize_branches([(qa.value, qa.qp, m_a), (qb.value, qb.qp, m_b)], shift, qp_out, lo, hi, out.shape, base)
+        self._replaced([node, *folded], out, y, qp_out)
+        self.stats["integer_adds"] += 1
+        self.notes.append(f"{label(node)}{''.join(' + ' + n.op_type for n in folded)} -> integer add with per-branch rescale")
+
+    def lower_concat(self, node: Node) -> None:
+        out = node.outputs[0]
+        qp_out = self.qparams(out)
+        base = node.name or out.name
+        parts = []
+        for index, value in enumerate(node.inputs):
+            q = self.quant_of(value)
+            if q.qp == qp_out:
+                parts.append(q.value)
+                continue
+            try:
+                (m,), shift = shared_shift_multipliers([q.qp.scale / qp_out.scale])
+            except DyadicError as exc:
+                raise ValueError(f"{label(node)} input {index}: {exc}") from None
+            parts.append(self.emit.requantize_branches([(q.value, q.qp, m)], shift, qp_out, qp_out.qmin, qp_out.qmax, value.shape, f"{base}_in{index}"))
+            self.stats["requantizers"] += 1
+        attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
+        y = self.emit.op("Concat", parts, _ACT_DTYPES[qp_out.dtype], out.shape, f"{base}_q", attrs)
+        self.qmap[id(out)] = _Q(y, qp_out)
+        self.removed.append(node)
+        self.stats["integer_concats"] += 1
+        self.notes.append(f"{label(node)} -> 8-bit Concat with per-input rescale")
+
+    def lower_gap(self, node: Node, count: int) -> None:
+        x = node.inputs[0]
+        qx = self.quant_of(x)
+        out, lo, hi, folded = self._clamp(node.outputs[0])
+        qp_out = self.qparams(out)
+        base = node.name or out.name
+        try:
+            m, s = dyadic(qx.qp.scale / (count * qp_out.scale))
+        except DyadicError as exc:
+            raise ValueError(f"{label(node)}: {exc}") from None
+        wide = self.emit.op("Cast", [qx.value], DataType.INT32, x.shape, f"{base}_i32", {"to": int(DataType.INT32)})
+        axes = self.emit.constant(f"{base}_axes", np.arange(2, len(x.shape), dtype=np.int64))
+        total = self.emit.op("ReduceSum", [wide, axes], DataType.INT32, out.shape, f"{base}_sum", {"keepdims": 1})
+        centered = self.emit.op("Sub", [total, self.emit.scalar("n_zp", count * qx.qp.zero_point, np.int32)], DataType.INT32, out.shape, f"{base}_c")
+        y = self.emit.requantize_accumulator(centered, np.int64(m), np.int64(s), qp_out, lo, hi, base)
+        self._replaced([node, *folded], out, y, qp_out)
+        self.stats["integer_pools"] += 1
+        self.notes.append(f"{label(node)} -> ReduceSum over {count} positions + requantize")
+
+    def pass_through(self, node: Node) -> None:
+        data = node.inputs[0]
+        if id(data) not in self.qmap or (is_onnx(node, "MaxPool") and len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output())):
+            # Its input is a float island value (or MaxPool's Indices are used): run it in float.
+            for index, value in enumerate(node.inputs):
+                if self.is_dyn_float(value):
+                    node.replace_input_with(index, self.float_of(value))
+            for value in node.outputs:
+                self.fmap[id(value)] = value
+            return
+        q = self.qmap[id(data)]
+        out = node.outputs[0]
+        self.removed.append(node)
+        self.stats["pass_through"] += 1
+        if is_onnx(node, "Identity"):
+            self.qmap[id(out)] = q
+            return
+        attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
+        y = self.emit.op(node.op_type, [q.value, *node.inputs[1:]], _ACT_DTYPES[q.qp.dtype], out.shape, f"{node.name or out.name}_q", attrs)
+        self.qmap[id(out)] = _Q(y, q.qp)
+
+    # -- outputs and cleanup -----------------------------------------------------------------------
+    def finish_outputs(self) -> None:
+        removed = {id(n) for n in self.removed}
+        made: dict[int, Value] = {}
+        for index, value in enumerate(list(self.graph.outputs)):
+            producer = value.producer()
+            if value.is_graph_input() or id(value) not in self.qmap or producer is None or id(producer) not in removed:
+                continue  # a float island output, or a graph input passed through: unchanged
+            if id(value) not in made:
+                q = self.qmap[id(value)]
+                name = value.name
+                value.name = self.emit.name(f"{name}_float")
+                dq = self.emit.dequantize_linear(q.value, q.qp, f"{name}_dq")
+                self.emit.taken.discard(dq.name)
+                dq.name = name
+                made[id(value)] = dq
+            self.graph.outputs[index] = made[id(value)]
+
+    def cleanup(self) -> None:
+        inputs = [v for n in self.removed for v in n.inputs if v is not None]
+        self.graph.remove(list(dict.fromkeys(self.removed)), safe=True)
+        for value in dict.fromkeys(inputs):
+            if (value.is_initializer() and not value.uses() and not value.is_graph_input()
+                    and not value.is_graph_output() and self.graph.initializers.get(value.name) is value):
+                del self.graph.initializers[value.name]
+
+
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class QuantizeIntegerPass(Pass):
+    """Calibrate on ``ctx.calibration`` and rewrite into the integer-only form (HAWQ-V3, dyadic).
+
+    Options:
+        bits: weight bits, 8 (int8 in [-127, 127]) or 4 ([-7, 7], stored in int8).
+        observer: activation range observer, ``minmax`` | ``percentile`` | ``mse``.
+        percentile: for ``observer=percentile``, the upper percentile (lower is 100 - p).
+        activations: ``uint8`` (asymmetric, default) or ``int8`` (symmetric).
+        bias_correction: add (W - W_dq) E[x] to each layer's bias (see ``bias_correction``).
+        exclude: node names kept float (as islands), e.g. a sensitive first or last layer.
+
+    Needs: CONSTANTS_LIFTED (weights are initializers), BN_FOLDED (BN would be an island),
+        SHAPES_INFERRED (dtypes of activations, static pool sizes).
+    Provides: INTEGER_ONLY. Preserves: SHAPES_INFERRED (every new value has dtype and shape),
+        CONSTANTS_LIFTED, BN_FOLDED, TOPO_SORTED, NO_IDENTITY.
+
+    Before -> after (ONNX text, uint8 activations; see the package docstring for Requantize)::
+
+        c = Conv (x, W, b)                 xq  = QuantizeLinear (x, s_x, zp_x)
+        r = Relu (c)                       acc = ConvInteger (xq, W_q, zp_x)
+        y = Gemm <transB=1> (f, V, d)      acc = Add (acc, b_q)
+                                           rq  = Requantize (acc) with clamp [zp_r, 255]
+                                           ...
+                                           y   = DequantizeLinear (yq, s_y, zp_y)
+    """
+
+    name = "quantize"
+    needs = frozenset({Fact.CONSTANTS_LIFTED, Fact.BN_FOLDED, Fact.SHAPES_INFERRED})
+    provides = frozenset({Fact.INTEGER_ONLY})
+    preserves = frozenset({Fact.SHAPES_INFERRED, Fact.CONSTANTS_LIFTED, Fact.BN_FOLDED, Fact.TOPO_SORTED, Fact.NO_IDENTITY})
+    tolerance = Tolerance.LOSSY
+
+    bits: int = 8
+    observer: str = "minmax"
+    percentile: float = 99.99
+    activations: str = "uint8"
+    bias_correction: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def run(self, model: Model, ctx: CompileContext) -> PassResult:
+        check_quantize_options(self.bits, self.observer, self.percentile, self.activations, ctx)
+        return _IntegerRewrite(model, self, ctx).run()
