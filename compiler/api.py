@@ -25,7 +25,7 @@ from compiler.context import CompileContext, Feeds
 from compiler.errors import OptionError, UnsupportedModelError, VerificationError
 from compiler.frontend import FRONTEND_FACTS, load_and_prepare
 from compiler.ir import Model, copy_model, count_parameters, file_sha256, save_model, to_proto
-from compiler.pass_base import Pass, Tolerance
+from compiler.pass_base import Fact, Pass, Tolerance
 from compiler.pipeline import Pipeline, PassRecord
 from compiler.progress import Progress
 from compiler.verify import compare, ort_session, policy_for, random_feeds, run_onnxruntime
@@ -48,9 +48,35 @@ class CompileResult:
         return load_artifact(self.output_dir)
 
 
-def default_pipeline(target) -> str:
-    """The pass spec used when the user gives none."""
-    return "canonicalize"
+#: Where ``--tune`` writes records when no ``--tuning-records`` directory is given.
+DEFAULT_RECORDS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgekiln" / "tuning"
+#: Records shipped with edgekiln (per target key); applied when the user names none.
+SHIPPED_RECORDS_DIR = Path(__file__).resolve().parents[1] / "targets" / "records"
+
+
+def default_pipeline(target, quantize: str | None = None, output_format: str = "integer", observer: str | None = None) -> str:
+    """The pass spec used when the user gives none: canonicalize, then quantization if asked.
+
+    ``quantize`` is ``None`` or ``"int8"``/``"int4"``; ``output_format`` ``"integer"`` emits the
+    integer-only (HAWQ-V3 dyadic) graph, ``"qdq"`` the QuantizeLinear/DequantizeLinear form that
+    ONNX Runtime and TensorRT consume.
+    """
+    return "canonicalize" + _quantize_spec(quantize, output_format, observer)
+
+
+def _quantize_spec(quantize: str | None, output_format: str, observer: str | None) -> str:
+    if quantize is None:
+        return ""
+    bits = {"int8": 8, "int4": 4}.get(quantize)
+    if bits is None:
+        raise OptionError(f"--quantize {quantize}: expected int8 or int4")
+    if output_format not in ("integer", "qdq"):
+        raise OptionError(f"--format {output_format}: expected integer or qdq")
+    name = "quantize" if output_format == "integer" else "export-qdq"
+    options = [f"bits={bits}"] if bits != 8 else []
+    if observer:
+        options.append(f"observer={observer}")
+    return f",{name}" + ("{" + ",".join(options) + "}" if options else "")
 
 
 def _sidecar(model_path: Path, kind: str) -> Path | None:
@@ -161,6 +187,11 @@ def compile_model(
     lower: bool = True,
     measure: bool = True,
     force: bool = False,
+    quantize: str | None = None,
+    output_format: str = "integer",
+    observer: str | None = None,
+    tune: int = 0,
+    tuning_records: str | os.PathLike | None = None,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
@@ -184,6 +215,14 @@ def compile_model(
         lower: build the TVM library (False: ONNX passes and report only).
         measure: time the artifact and ONNX Runtime on this machine for the report.
         force: replace an existing output directory.
+        quantize: ``"int8"`` (or ``"int4"`` weights) appends integer-only quantization to the
+            pipeline; needs calibration data. With explicit ``passes`` it is appended to them.
+        output_format: ``"integer"`` (integer-only graph) or ``"qdq"`` (Q/DQ pairs for ORT/TensorRT).
+        observer: activation range observer for quantization: minmax, percentile or mse.
+        tune: MetaSchedule trials per task to run before building (0: no tuning); records go to
+            ``tuning_records`` or :data:`DEFAULT_RECORDS_DIR` and are used by this build.
+        tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
+            shipped with edgekiln for this target, if any.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -199,7 +238,16 @@ def compile_model(
     target_obj = get_target(target)
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
-    pipeline = _as_pipeline(passes if passes is not None else default_pipeline(target_obj))
+    if passes is None:
+        pipeline = Pipeline.parse(default_pipeline(target_obj, quantize, output_format, observer))
+    else:
+        pipeline = _as_pipeline(passes)
+        if quantize is not None:
+            pipeline = Pipeline([*pipeline, *Pipeline.parse(_quantize_spec(quantize, output_format, observer).lstrip(","))])
+    if tune < 0:
+        raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
+    if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
+        raise OptionError(f"--tuning-records {tuning_records}: no such directory")
 
     bar = Progress(total=6, enabled=progress)
     bar.stage("load")
@@ -210,6 +258,11 @@ def compile_model(
     eval_path = Path(eval_data) if eval_data is not None else _sidecar(model_path, "eval")
     if eval_path is not None and not eval_path.is_file():
         raise OptionError(f"--eval {eval_path}: no such file")
+    if not calib_feeds and any(p.name in ("quantize", "export-qdq") for p in pipeline):
+        raise OptionError(
+            f"quantization needs calibration data: give --calib FILE.npz (inputs keyed by name) "
+            f"or put {model_path.stem}.calib.npz beside {model_path}"
+        )
     verify_feeds = calib_feeds[:VERIFY_FEEDS] or [random_feeds(ir_model, shapes, seed=seed)]
     params = count_parameters(ir_model)
     do_verify = (params <= DEFAULT_VERIFY_MAX_PARAMS) if verify == "auto" else bool(verify)
@@ -247,6 +300,11 @@ def compile_model(
     ir_model, records = pipeline.run(ir_model, ctx, initial_facts=FRONTEND_FACTS, after_pass=after_pass, progress=bar.detail)
     summary_after = summaries[-1]
     lossy = any(p.tolerance == Tolerance.LOSSY for p, r in zip(pipeline, records) if r.modified)
+    integer_records = [r for p, r in zip(pipeline, records) if r.modified and Fact.INTEGER_ONLY in p.provides]
+    islands = sum(int(r.stats.get("islands", 0)) for r in integer_records)
+    # Bit-exactness across runtimes is claimed only for graphs without float islands.
+    integer_only = bool(integer_records) and islands == 0
+    integer_check: dict[str, Any] | None = None
 
     with atomic_output_dir(out_dir, force) as tmp:
         save_model(ir_model, tmp / "model.opt.onnx")
@@ -263,7 +321,8 @@ def compile_model(
         if lower:
             from targets.lowering import load_library, lower_model
 
-            result = lower_model(optimized_proto, target_obj, shapes, tmp)
+            records_root = _tuning_records(optimized_proto, target_obj, shapes, tune, tuning_records, timings)
+            result = lower_model(optimized_proto, target_obj, shapes, tmp, tuning_records=records_root)
             library = result.library_file
             lowering = {
                 "library": result.library_file,
@@ -284,6 +343,8 @@ def compile_model(
                         f"the compiled artifact differs from ONNX Runtime on the original model beyond "
                         f"the {artifact_check['policy']} tolerance (max abs {artifact_check['max_abs']:.3g})"
                     )
+                if integer_only:
+                    integer_check = _integer_exactness(optimized_proto, verify_feeds, outputs)
                 if measure:
                     feeds0 = verify_feeds[0]
                     timings["artifact"] = _time_callable(lambda: lib.run(feeds0))
@@ -307,6 +368,9 @@ def compile_model(
                 "num_feeds": len(verify_feeds),
                 "per_pass": do_verify,
                 "artifact_vs_onnxruntime": artifact_check,
+                "integer_bit_exact": integer_check
+                if integer_check or not integer_records
+                else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
             },
             "accuracy": accuracy,
             "unscheduled_functions": lowering["unscheduled"] if lowering else None,
@@ -345,6 +409,42 @@ def compile_model(
         bar.stage("done")
     bar.close()
     return CompileResult(out_dir, report)
+
+
+def _tuning_records(model_proto, target, shapes, tune: int, records, timings: dict[str, Any]) -> Path | None:
+    """Run ``--tune`` if asked and return the records root the build should apply (or None)."""
+    if tune:
+        from targets.lowering.tuning import print_progress
+        from targets.lowering.tuning import tune as run_tuning
+
+        root = Path(records) if records is not None else DEFAULT_RECORDS_DIR
+        summary = run_tuning(model_proto, target, shapes, root, tune, progress=print_progress)
+        timings["tuning_s"] = summary.seconds
+        return root
+    if records is not None:
+        return Path(records)
+    return SHIPPED_RECORDS_DIR if SHIPPED_RECORDS_DIR.is_dir() else None
+
+
+def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: list[list[np.ndarray]]) -> dict[str, Any]:
+    """Integer-only graphs must give bit-identical outputs in the numpy reference interpreter,
+    ONNX Runtime and the TVM artifact; raise VerificationError naming the pair that differs."""
+    from compiler.reference import run_reference
+
+    session = ort_session(model_proto)
+    result: dict[str, Any] = {"feeds": len(feeds_list), "reference_vs_onnxruntime": True, "artifact_vs_onnxruntime": True}
+    for feeds, tvm_out in zip(feeds_list, artifact_outputs):
+        ort_out = session.run(None, feeds)
+        ref_out = run_reference(model_proto, feeds)
+        pairs = {"reference_vs_onnxruntime": ref_out, "artifact_vs_onnxruntime": tvm_out}
+        for key, got in pairs.items():
+            if not all(np.array_equal(a, b) for a, b in zip(got, ort_out)):
+                raise VerificationError(
+                    f"integer-only graph is not bit-exact: {key.replace('_vs_', ' vs ').replace('_', ' ')} "
+                    f"differ (max abs {compare(got, ort_out, 'lossy')['max_abs']:.3g})"
+                )
+    result["passed"] = True
+    return result
 
 
 def _reference_outputs(model: Model, feeds_list: list[Feeds], model_path: Path) -> list[list[np.ndarray]]:

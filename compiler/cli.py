@@ -16,6 +16,10 @@ examples:
       compile the bundled example; writes ./digits_cnn-cpu/ (model.so, report.html, ...)
   compile model.onnx --target cpu -o out/ --passes "canonicalize" --calib calib.npz
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
+  compile model.onnx --quantize int8 --calib calib.npz
+      integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --tune 32 --tuning-records records/
+      tune with MetaSchedule once; later compiles with --tuning-records records/ reuse it
   compile model.onnx --input-shape x=1,3,224,224
       fix symbolic input dims (repeat the option for several inputs)
   compile model.onnx --passes "canonicalize,my-pass{ratio=0.5}" --plugin my_passes
@@ -44,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", metavar="NPZ", help="calibration inputs: .npz of stacked samples keyed by input name (default: <model-stem>.calib.npz beside the model, if present)")
     parser.add_argument("--eval", metavar="NPZ", dest="eval_data", help="held-out inputs plus 'labels' for the accuracy report (default: <model-stem>.eval.npz beside the model, if present)")
     parser.add_argument("--input-shape", metavar="NAME=D0,D1,...", action="append", default=[], help="static shape for an input with symbolic dims (repeatable)")
+    quant = parser.add_argument_group("quantization")
+    quant.add_argument("--quantize", choices=["int8", "int4"], help="quantize to an integer-only graph (int8; int4 = 4-bit weights); needs calibration data")
+    quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
+    quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
+    tuning = parser.add_argument_group("tuning")
+    tuning.add_argument("--tune", metavar="TRIALS", type=int, default=0, help="tune conv/matmul kernels with MetaSchedule (TRIALS per kernel) before building; Ctrl-C stops and keeps what was found")
+    tuning.add_argument("--tuning-records", metavar="DIR", help="apply (and with --tune, extend) the tuning records in DIR (default for --tune: ~/.cache/edgekiln/tuning)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
     verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
@@ -81,6 +92,9 @@ def _summary_line(result) -> str:
     check = report.get("summary", {}).get("verification", {}).get("artifact_vs_onnxruntime")
     if check:
         lines.append(f"  artifact vs ONNX Runtime: max abs error {check['max_abs']:.3g} ({check['policy']}: {'ok' if check['passed'] else 'FAILED'})")
+    exact = report.get("summary", {}).get("verification", {}).get("integer_bit_exact")
+    if exact:
+        lines.append("  integer-only: " + ("reference == ONNX Runtime == TVM, bit-exact" if exact.get("passed") else exact.get("reason", "")))
     accuracy = report.get("summary", {}).get("accuracy")
     if accuracy:
         parts = [f"{k.replace('_', ' ')} {v['top1'] * 100:.2f}%" for k, v in accuracy.items() if isinstance(v, dict) and "top1" in v]
@@ -132,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             lower=args.lower,
             measure=args.measure,
             force=args.force,
+            quantize=args.quantize,
+            output_format=args.output_format,
+            observer=args.observer,
+            tune=args.tune,
+            tuning_records=args.tuning_records,
             seed=args.seed,
             progress=False if args.quiet else None,
         )

@@ -5,7 +5,8 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
     DecomposeOpsForInference   batch_norm/layer_norm/gelu... -> primitive ops (inference semantics)
     CanonicalizeBindings       drop trivial rebinds left by the importer, so fusion sees clean chains
     zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
-    apply_default_schedules    our CPU schedule rules per fused PrimFunc (targets.lowering.schedules)
+    apply_records              (optional) tuned schedules from a MetaSchedule database (tuning.py)
+    apply_default_schedules    our CPU schedule rules for every PrimFunc not scheduled yet
     tvm.compile                the rest of TVM's default Relax pipeline + TIR codegen
     export_library             a shared library (.so) with the weights embedded, or a .tar of
                                objects for cross targets that are linked on the board
@@ -34,17 +35,42 @@ class BuildOutput:
     seconds: float
 
 
-def build(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> BuildOutput:
-    """Optimize, schedule and compile ``mod`` for ``tvm_target``. TVM errors become LoweringError."""
-    start = time.perf_counter()
+def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
+    """Graph optimization, legalization and fusion: the module that schedules (and tuning) see.
+
+    Tuning records are keyed by the structural hash of these fused PrimFuncs, so tuning.py calls
+    this same function; any change here invalidates shipped records.
+    """
     with tvm_target:
         with lowering_step("graph optimization (DecomposeOpsForInference, CanonicalizeBindings)"):
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
         with lowering_step("legalize/fuse (zero pipeline)"):
             mod = relax.get_pipeline("zero")(mod)
+    return mod
+
+
+def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None = None) -> BuildOutput:
+    """Optimize, schedule and compile ``mod`` for ``tvm_target``. TVM errors become LoweringError.
+
+    ``records`` is a tuning-record directory (tuning.find_records); functions it covers keep their
+    tuned schedule and are reported as scheduled by rule ``"tuned"``.
+    """
+    start = time.perf_counter()
+    mod = prepare(mod, tvm_target)
+    with tvm_target:
+        tuned: list[str] = []
+        if records is not None:
+            from targets.lowering import tuning
+
+            with lowering_step("applying tuning records", str(records)):
+                mod, tuned = tuning.apply_records(mod, tvm_target, records)
         with lowering_step("scheduling"):
             mod, report = schedules.apply_default_schedules(mod, tvm_target)
+        names = {gvar.name_hint for gvar in mod.get_global_vars()}
+        for name in tuned:
+            # A tuned conv whose weight was pre-packed is renamed "<name>_prepacked".
+            report.scheduled[name if name in names else f"{name}_prepacked"] = "tuned"
         with lowering_step("compile"):
             executable = tvm.compile(mod, target=tvm_target)
     return BuildOutput(executable, report, time.perf_counter() - start)

@@ -60,10 +60,13 @@ def lower_model(
     input_shapes: Mapping[str, Sequence[int]],
     out_dir: Path,
     library_name: str = "model",
+    tuning_records: Path | None = None,
 ) -> LoweringResult:
     """Compile ``model_proto`` for ``target`` into ``out_dir/<library_name>.<so|tar>``.
 
     ``input_shapes`` gives the static shape of inputs with symbolic dims (others may be omitted).
+    ``tuning_records`` is a records root (or one key directory) written by ``compile --tune``; the
+    records matching this target and TVM version are applied, others are ignored with a note.
     Raises UnsupportedModelError for operators TVM cannot import, OptionError for bad shapes or
     target specs, LoweringError (one line naming the step) for anything TVM fails on.
     """
@@ -78,7 +81,14 @@ def lower_model(
     mod = importer.import_onnx(model_proto, input_shapes)
     seconds["import"] = time.perf_counter() - start
 
-    built = build_step.build(mod, resolved)
+    records = None
+    if tuning_records is not None:
+        from targets.lowering import tuning
+
+        records = tuning.find_records(Path(tuning_records), resolved, notes)
+        if records is None:
+            notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
+    built = build_step.build(mod, resolved, records)
     seconds["build"] = built.seconds
 
     out_dir.mkdir(parents=True, exist_ok=True)
