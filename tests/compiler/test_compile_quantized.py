@@ -1,0 +1,85 @@
+"""``compile --quantize``: integer-only artifacts are bit-exact (reference == ORT == TVM) and keep
+accuracy; ``--format qdq``; quantization without calibration data is a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler import compile_model
+from compiler.cli import main
+from compiler.reference import run_reference
+from compiler.verify import run_onnxruntime
+from tests.tolerances import QUANT_TOP1_DROP_POINTS
+
+pytestmark = pytest.mark.tvm
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "digits_cnn.onnx"
+
+
+def test_digits_int8_is_integer_only_bit_exact_and_accurate(tmp_path):
+    out = tmp_path / "q"
+    assert main([str(EXAMPLE), "--quantize", "int8", "-o", str(out), "--quiet", "--no-measure"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    exact = report["summary"]["verification"]["integer_bit_exact"]
+    assert exact["passed"] is True and exact["feeds"] >= 1
+    accuracy = report["summary"]["accuracy"]
+    fp32 = accuracy["original_onnxruntime"]["top1"]
+    assert accuracy["artifact_tvm"]["top1"] == accuracy["optimized_onnxruntime"]["top1"]
+    assert (fp32 - accuracy["artifact_tvm"]["top1"]) * 100 <= QUANT_TOP1_DROP_POINTS
+    model = onnx.load(str(out / "model.opt.onnx"))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"ConvInteger", "MatMulInteger", "BitShift"} <= ops
+    assert not ops & {"Conv", "Gemm", "MatMul", "Relu", "BatchNormalization"}
+    # Independently of the compile-time check: the artifact, ORT and the reference agree on new data.
+    from compiler import load_artifact
+
+    x = np.load(REPO / "examples" / "digits_cnn.eval.npz")["x"][7:8]
+    got = load_artifact(out).run({"x": x})
+    assert np.array_equal(got[0], run_onnxruntime(model, {"x": x})[0])
+    assert np.array_equal(got[0], run_reference(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_zoo_cnn_int8_bit_exact_reference_ort_tvm(name, tmp_path):
+    from tests.data.make_models import model_path
+
+    path = model_path(name)
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(4)]
+    result = compile_model(path, output=tmp_path / name, quantize="int8", calibration=calibration,
+                           measure=False, verify=False)
+    exact = result.report["summary"]["verification"]["integer_bit_exact"]
+    assert exact["passed"] is True, exact
+    stats = next(p["stats"] for p in result.report["passes"] if p["name"] == "quantize")
+    assert stats["islands"] == 0 and stats["integer_layers"] > 10
+
+
+def test_qdq_format_compiles_and_runs(tmp_path):
+    result = compile_model(EXAMPLE, output=tmp_path / "qdq", quantize="int8", output_format="qdq", measure=False)
+    model = onnx.load(str(tmp_path / "qdq" / "model.opt.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "Conv" in ops
+    accuracy = result.report["summary"]["accuracy"]
+    assert (accuracy["original_onnxruntime"]["top1"] - accuracy["artifact_tvm"]["top1"]) * 100 <= QUANT_TOP1_DROP_POINTS
+    assert "integer_bit_exact" in result.report["summary"]["verification"]
+
+
+def test_quantize_without_calibration_is_one_line_error(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx.load(str(EXAMPLE)).SerializeToString())  # no sidecar calib beside it
+    code = main([str(model), "--quantize", "int8", "-o", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "quantization needs calibration data" in err[0] and "--calib" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_appends_to_explicit_passes(tmp_path):
+    result = compile_model(EXAMPLE, output=tmp_path / "p", passes="canonicalize", quantize="int8", observer="percentile", lower=False)
+    assert result.report["pipeline"]["spec"].endswith(",quantize{observer=percentile}")
