@@ -20,6 +20,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("output")
     parser.add_argument("--input-shape", action="append", default=[])
     parser.add_argument("--passes", default=None)
+    parser.add_argument("--quantize", default=None)
+    parser.add_argument("--calib", default=None)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from compiler.api import compile_model
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> int:
     shapes = dict(parse_input_shape(s) for s in args.input_shape)
     result = compile_model(
         args.model, output=args.output, input_shapes=shapes, passes=args.passes,
+        quantize=args.quantize, calibration=args.calib,
         verify=False, measure=False, force=True, progress=False,
     )
     seconds = time.perf_counter() - start

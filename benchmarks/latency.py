@@ -6,7 +6,7 @@ For each model and batch size it measures, in this order and in the same process
     onnxruntime_int8   ORT on quantize_static(QDQ, per-channel int8 weights, uint8 activations)
     ours_fp32          edgekiln's artifact with the default schedules (no tuning)
     ours_fp32_records  the same with shipped tuning records (when present for the target)
-    ours_int8          edgekiln's integer-only artifact (when the quantize passes exist)
+    ours_int8          edgekiln's integer-only artifact (--quantize int8, same calibration inputs)
 
 Each latency is the median of ``runs`` runs after warm-up; ratios are against onnxruntime_fp32.
 Variants that cannot run yet are recorded with ``"status": "unavailable"`` and the reason, never
@@ -104,10 +104,12 @@ def _quantize_static(path: Path, out: Path, calibration: list[dict[str, np.ndarr
     return out
 
 
-def _compile_ours(path: Path, out: Path, passes: str | None = None) -> dict:
+def _compile_ours(path: Path, out: Path, passes: str | None = None, calib: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.compile_child", str(path), str(out)]
     if passes:
         cmd += ["--passes", passes]
+    if calib is not None:
+        cmd += ["--quantize", "int8", "--calib", str(calib)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
@@ -147,7 +149,15 @@ def bench_model(name: str, batch: int, runs: int, threads: int, variants: tuple[
                 elif variant == "ours_fp32_records":
                     entry = {"status": "unavailable", "reason": "no tuning records are shipped yet (issue 3, --tune)"}
                 elif variant == "ours_int8":
-                    entry = {"status": "unavailable", "reason": "integer-only quantization passes not built yet (issue 4)"}
+                    from compiler.artifact import load_artifact
+
+                    calib = tmp_path / "calib.npz"
+                    np.savez(calib, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
+                    info = _compile_ours(path, tmp_path / "ours_int8", calib=calib)
+                    artifact = load_artifact(tmp_path / "ours_int8")
+                    entry = measure(lambda: artifact.run(feeds), runs=runs)
+                    entry.update(info)
+                    entry["cosine_vs_fp32"] = compare(artifact.run(feeds), reference_out, "lossy")["cosine"]
                 else:
                     raise ValueError(f"unknown variant {variant}")
             except Exception as exc:  # a broken variant is a result, not a crash of the suite
