@@ -41,6 +41,7 @@ segfaults) is excluded by the pin in pyproject.toml and caught by the smoke test
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -231,6 +232,27 @@ def _with_num_cores(resolved: tvm.target.Target, notes: list[str]) -> tvm.target
     cores = tvm_target.physical_core_count()
     notes.append(f"num-cores={cores} (this machine) added to the target for tuning")
     return tvm.target.Target({**_target_json(resolved), "num-cores": cores})
+
+
+@contextlib.contextmanager
+def _nameable_ms_logger():
+    """Detach unnamed handlers from MetaSchedule's logger while it configures its loggers.
+
+    MetaSchedule rebuilds its logging config from the *names* of the handlers already on
+    ``tvm.s_tir.meta_schedule`` and crashes (``'NoneType' object has no attribute 'format'``) on
+    a handler without a name, such as one a host application or test runner attached.
+    """
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def prepare_for_tuning(mod: tvm.IRModule, resolved: tvm.target.Target) -> tvm.IRModule:
@@ -654,9 +676,10 @@ def tune(
                 callbacks.append(_make_progress_callback(state, progress, interrupt))
                 # tune_relax() minus its task extraction and op-name selection, which we did
                 # above (its substring selection lists a task twice when two op names match).
-                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    extracted_tasks=tasks, work_dir=str(key_dir), seed=seed  # logs: key_dir/logs
-                )
+                with _nameable_ms_logger():
+                    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                        extracted_tasks=tasks, work_dir=str(key_dir), seed=seed  # logs: key_dir/logs
+                    )
                 ms.tune.tune_tasks(
                     tasks=contexts,
                     task_weights=weights,
