@@ -426,6 +426,57 @@ def _mean(x: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
     return np.asarray(x.mean(axis=axes, keepdims=keepdims), dtype=x.dtype)
 
 
+def _max(x: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
+    # exact for every dtype (a maximum never rounds); used on int64 by the integer Softmax
+    return np.asarray(x.max(axis=axes, keepdims=keepdims), dtype=x.dtype)
+
+
+def _variadic(fn: Callable[[Array, Array], Array], name: str) -> OpFn:
+    def op(node: _Node, inputs: list) -> Array:
+        _same_dtype(node, *inputs)
+        result = inputs[0]
+        for other in inputs[1:]:
+            result = fn(result, other)
+        return np.asarray(result, dtype=inputs[0].dtype)
+
+    op.__doc__ = (f"{name}: elementwise over one or more same-dtype inputs with numpy broadcasting "
+                  "(exact for integers: no rounding, no overflow).")
+    return op
+
+
+def _abs(node: _Node, inputs: list) -> Array:
+    """Abs in the input dtype (a signed minimum wraps to itself, as in C++/ORT)."""
+    x = inputs[0]
+    with np.errstate(over="ignore"):
+        return np.asarray(np.abs(x), dtype=x.dtype)
+
+
+def _neg(node: _Node, inputs: list) -> Array:
+    """Neg in the input dtype (integers wrap)."""
+    x = inputs[0]
+    with np.errstate(over="ignore"):
+        return np.asarray(np.negative(x), dtype=x.dtype)
+
+
+def _compare(fn: Callable[[Array, Array], Array], name: str) -> OpFn:
+    def op(node: _Node, inputs: list) -> Array:
+        a, b = inputs
+        _same_dtype(node, a, b)
+        return np.asarray(fn(a, b), dtype=np.bool_)
+
+    op.__doc__ = f"{name}: elementwise comparison with numpy broadcasting, bool result; same-dtype inputs."
+    return op
+
+
+def _where(node: _Node, inputs: list) -> Array:
+    """Where(condition, X, Y): X where condition else Y, broadcasting; X and Y share one dtype."""
+    cond, x, y = inputs
+    if cond.dtype != np.bool_:
+        raise node.error(f"condition must be bool, got {cond.dtype}")
+    _same_dtype(node, x, y)
+    return np.where(cond, x, y).astype(x.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # Shape ops (dtype-preserving)
 # ---------------------------------------------------------------------------------------------
@@ -497,6 +548,41 @@ def _gather(node: _Node, inputs: list) -> Array:
     axis = int(node.attr("axis", 0)) % data.ndim
     idx = np.where(indices < 0, indices + data.shape[axis], indices)
     return np.take(data, idx, axis=axis)
+
+
+def _split(node: _Node, inputs: list) -> tuple[Array, ...]:
+    """Split along ``axis`` (default 0) by the ``split`` sizes (input since opset 13, attribute
+    before), or into equal parts (opset 18 ``num_outputs``: the last part may be smaller)."""
+    x = inputs[0]
+    axis = int(node.attr("axis", 0)) % x.ndim
+    sizes = None
+    if len(inputs) > 1 and inputs[1] is not None:
+        sizes = [int(v) for v in inputs[1].reshape(-1)]
+    elif "split" in node.attrs:
+        sizes = [int(v) for v in node.attrs["split"]]
+    if sizes is None:
+        parts = node.n_outputs
+        size = -(-x.shape[axis] // parts)
+        sizes = [min(size, x.shape[axis] - i * size) for i in range(parts)]
+    if sum(sizes) != x.shape[axis] or len(sizes) != node.n_outputs:
+        raise node.error(f"split sizes {sizes} do not match axis {axis} of {list(x.shape)} and {node.n_outputs} outputs")
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def _slice(node: _Node, inputs: list) -> Array:
+    """Slice (opset >= 10): starts, ends, optional axes and steps; clamped like ONNX (and Python
+    slicing, which has the same clamping rules for positive and negative steps)."""
+    x = inputs[0]
+    starts = [int(v) for v in inputs[1].reshape(-1)]
+    ends = [int(v) for v in inputs[2].reshape(-1)]
+    axes = [int(v) % x.ndim for v in inputs[3].reshape(-1)] if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
+    steps = [int(v) for v in inputs[4].reshape(-1)] if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise node.error("a step of 0 is invalid")
+        index[axis] = slice(start, end, step)  # int64 sentinels (+-2^63-1) clamp like Python's
+    return x[tuple(index)]
 
 
 def _constant(node: _Node, inputs: list) -> Array:
@@ -643,6 +729,14 @@ _OPS: dict[str, OpFn] = {
     "MaxPool": _max_pool,
     "ReduceSum": _reduce(_sum, "ReduceSum", 13),
     "ReduceMean": _reduce(_mean, "ReduceMean", 18),
+    "ReduceMax": _reduce(_max, "ReduceMax", 18),
+    "Min": _variadic(np.minimum, "Min"),
+    "Max": _variadic(np.maximum, "Max"),
+    "Abs": _abs,
+    "Neg": _neg,
+    "Less": _compare(np.less, "Less"),
+    "Greater": _compare(np.greater, "Greater"),
+    "Where": _where,
     # shape ops
     "Reshape": _reshape,
     "Flatten": _flatten,
@@ -653,6 +747,8 @@ _OPS: dict[str, OpFn] = {
     "Identity": _identity,
     "Shape": _shape,
     "Gather": _gather,
+    "Split": _split,
+    "Slice": _slice,
     "Constant": _constant,
     # float islands
     "Softmax": _softmax,

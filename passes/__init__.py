@@ -2,3 +2,4 @@
 
 from passes import canonicalize  # noqa: F401
 from passes import quantize  # noqa: F401
+from passes import prune  # noqa: F401

@@ -152,6 +152,18 @@ class Emitter:
         product = self.op("Mul", [wide, self.constant(f"{base}_M", consts["M"])], DataType.INT64, acc.shape, f"{base}_mul")
         return self._tail(product, consts, qp, lo, hi, base)
 
+    def requantize_wide(
+        self, value: Value, m: int, s: int, qp: ActivationQParams, lo: int, hi: int, base: str
+    ) -> Value:
+        """``Mul(value, M)`` then the shared tail, for an int64 ``value`` (M, S from ``dyadic_bounded``)."""
+        consts = requant_constants(np.int64(m), np.int64(s), qp.zero_point)
+        product = self.op("Mul", [value, self.scalar("M", m, np.int64)], DataType.INT64, value.shape, f"{base}_mul")
+        return self._tail(product, consts, qp, lo, hi, base)
+
+    def int64(self, base: str, value) -> Value:
+        """A shared int64 scalar initializer."""
+        return self.scalar(base, value, np.int64)
+
     def centered(self, q: Value, qp: ActivationQParams, base: str) -> Value:
         """``Sub(Cast(q, INT64), zp)``: an 8-bit tensor as signed int64 offsets from its zero point."""
         wide = self.op("Cast", [q], DataType.INT64, q.shape, f"{base}_i64", {"to": int(DataType.INT64)})
@@ -167,11 +179,14 @@ class Emitter:
         hi: int,
         shape: ir.Shape | None,
         base: str,
+        offset: np.ndarray | None = None,
     ) -> Value:
-        """Per-branch rescale to one output scale: sum_i Mul(centered(q_i), M_i), one shift, tail.
+        """Per-branch rescale to one output scale: sum_i Mul(centered(q_i), M_i) [+ C], one shift, tail.
 
-        ``branches`` holds ``(q_i, qparams_i, M_i)``; one branch is Concat's input rescale, two are
-        the residual Add.
+        ``branches`` holds ``(q_i, qparams_i, M_i)``; one branch is Concat's input rescale (or a Mul
+        by a constant scalar, M_i then carries the scalar and its sign), two are the residual Add.
+        ``offset`` is an int64 constant C = round(c * 2^S / s_out) already at the pre-shift scale:
+        the Add of a constant tensor c (e.g. a position embedding).
         """
         total: Value | None = None
         for index, (q, branch_qp, multiplier) in enumerate(branches):
@@ -180,6 +195,8 @@ class Emitter:
                 DataType.INT64, q.shape, f"{base}_mul{index}",
             )
             total = term if total is None else self.op("Add", [total, term], DataType.INT64, shape, f"{base}_sum")
+        if offset is not None:
+            total = self.op("Add", [total, self.constant(f"{base}_C", np.asarray(offset, dtype=np.int64))], DataType.INT64, shape, f"{base}_const")
         consts = requant_constants(np.int64(0), np.int64(shift), qp.zero_point)
         return self._tail(total, consts, qp, lo, hi, base)
 

@@ -11,10 +11,19 @@ Conv / Gemm / MatMul (const weight)    ConvInteger | MatMulInteger -> Add(int32 
   [+ Add(const) after MatMul]            (the Add's constant becomes the bias)
   [+ Relu / Clip]                        (folded into the requantizer's clamp)
 Add of two activations [+ Relu/Clip]   per-branch rescale, one shift
+Add of an activation and a constant    per-branch rescale, the constant's branch precomputed (int64)
+Mul / Div by a constant scalar         one-branch rescale with a signed multiplier
+MatMul of two activations              MatMulInteger(a_q, b_q, zp_a, zp_b) -> Requantize
+  [+ Mul/Div by a constant scalar]       (the scalar folded into the multiplier)
+Gather(constant table, int indices)    Gather of the table quantized at compile time
+GELU (Gelu, or x*(Erf(x/c)+1)*0.5)     I-BERT i-GELU (``ibert``)
+Softmax                                I-BERT i-exp Softmax (``ibert``)
+LayerNormalization                     integer LayerNorm with a Newton integer square root (``ibert``)
 Concat of activations                  per-input rescale to the output scale, Concat on 8 bits
 GlobalAveragePool [+ Relu/Clip]        ReduceSum(Cast INT32) - N*zp -> Requantize(s_x / (N s_out))
 MaxPool, Reshape, Flatten, Transpose,  the same op on the 8-bit tensor (scale and zero point pass
-Squeeze, Unsqueeze                       through); Identity is dropped
+Squeeze, Unsqueeze, Split, Slice,        through); Identity is dropped
+Gather (on the activation)
 Shape, Size                            read the 8-bit tensor (same shape)
 anything else                          float island: DequantizeLinear -> op -> QuantizeLinear (the
                                          Q/DQ are added where the island meets integer values)
@@ -34,12 +43,22 @@ import math
 import numpy as np
 
 from compiler.context import CompileContext
-from compiler.ir import DataType, Model, Node, Value, ir
+from compiler.ir import DataType, Model, Node, Value, constant_array, ir
 from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
 from passes.quantize.bias_correction import bias_correction, dequantized, input_channel_axis
 from passes.quantize.calibrate import Statistics, collect_statistics
+from passes.quantize import ibert
 from passes.quantize.emit import Emitter
-from passes.quantize.layers import FLOAT_TYPES, Layer, dynamic_values, is_onnx, match_activation, match_layer
+from passes.quantize.layers import (
+    FLOAT_TYPES,
+    Layer,
+    dynamic_values,
+    is_onnx,
+    match_activation,
+    match_gelu,
+    match_layer,
+    match_scale,
+)
 from passes.quantize.observers import OBSERVERS
 from passes.quantize.qparams import (
     ActivationQParams,
@@ -47,25 +66,25 @@ from passes.quantize.qparams import (
     activation_qparams,
     dyadic,
     dyadic_array,
+    dyadic_bounded,
     quantize_bias,
     quantize_weight,
     shared_shift_multipliers,
 )
+from passes.quantize.layers import single_consumer
 
 __all__ = ["QuantizeIntegerPass", "check_quantize_options", "island_reason", "label", "prepare_graph"]
 
-PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split", "Slice", "Gather")
 _ACT_DTYPES = {"uint8": DataType.UINT8, "int8": DataType.INT8}
 
 # Why common ops have no integer form here (anything else gets the generic reason).
 _ISLAND_REASONS = {
-    "Softmax": "exp/normalisation has no integer form in the spec",
     "LogSoftmax": "exp/log has no integer form in the spec",
-    "LayerNormalization": "mean/variance normalisation has no integer form in the spec",
-    "Gelu": "erf/tanh has no integer form in the spec",
+    "Gelu": "only the exact (erf) GELU has an integer form",
     "Sigmoid": "exp has no integer form in the spec",
     "Tanh": "tanh has no integer form in the spec",
-    "Erf": "erf has no integer form in the spec",
+    "Erf": "erf has an integer form only inside the exact GELU pattern",
     "Div": "division of activations has no integer form in the spec",
     "Sqrt": "square root has no integer form in the spec",
     "Pow": "power has no integer form in the spec",
@@ -153,7 +172,9 @@ class _IntegerRewrite:
         self.skip: set[int] = set()
         self.notes: list[str] = []
         self.stats = {"integer_layers": 0, "requantizers": 0, "fused_activations": 0, "integer_adds": 0,
-                      "integer_concats": 0, "integer_pools": 0, "pass_through": 0, "islands": 0}
+                      "integer_concats": 0, "integer_pools": 0, "pass_through": 0, "integer_matmuls": 0,
+                      "integer_scales": 0, "integer_embeddings": 0, "integer_gelus": 0, "integer_softmaxes": 0,
+                      "integer_layer_norms": 0, "islands": 0}
         self.island_ops: list[str] = []
 
     # -- setup -------------------------------------------------------------------------------------
@@ -219,6 +240,8 @@ class _IntegerRewrite:
 
     # -- dispatch ----------------------------------------------------------------------------------
     def handle(self, node: Node) -> None:
+        if self.is_embedding(node):
+            return self.lower_embedding(node)
         if not any(self.is_dyn_float(v) for v in node.inputs):
             return  # constants-only or integer-only (e.g. shape arithmetic): untouched
         if node.name and node.name in self.opts.exclude:
@@ -227,9 +250,25 @@ class _IntegerRewrite:
             value = node.inputs[0]
             node.replace_input_with(0, self.qmap[id(value)].value if id(value) in self.qmap else self.float_of(value))
             return None
+        if is_onnx(node, "MatMul") and all(self.is_dyn_float(v) for v in node.inputs):
+            return self.lower_matmul_activations(node)
         layer = self.layers.get(id(node))
         if isinstance(layer, Layer):
             return self.lower_layer(layer)
+        gelu = match_gelu(node, self.dynamic)
+        if gelu is not None:
+            return self.lower_gelu(*gelu)
+        if is_onnx(node, "Softmax"):
+            return self.lower_softmax(node)
+        if is_onnx(node, "LayerNormalization"):
+            return self.lower_layer_norm(node)
+        if is_onnx(node, "Add") and len(node.inputs) == 2 and sum(self.is_dyn_float(v) for v in node.inputs) == 1:
+            other = node.inputs[1] if self.is_dyn_float(node.inputs[0]) else node.inputs[0]
+            if constant_array(other) is not None and np.issubdtype(constant_array(other).dtype, np.floating):
+                return self.lower_constant_add(node)
+        scaled = [v for v in node.inputs if self.is_dyn_float(v)]
+        if is_onnx(node, "Mul", "Div") and len(scaled) == 1 and match_scale(node, scaled[0]) is not None:
+            return self.lower_scale(node, scaled[0])
         if isinstance(layer, str):
             return self.island(node, f"not lowered: {layer}")
         if is_onnx(node, "Add", "Sum") and len(node.inputs) == 2 and all(self.is_dyn_float(v) for v in node.inputs):
@@ -395,8 +434,165 @@ class _IntegerRewrite:
             self.qmap[id(out)] = q
             return
         attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
-        y = self.emit.op(node.op_type, [q.value, *node.inputs[1:]], _ACT_DTYPES[q.qp.dtype], out.shape, f"{node.name or out.name}_q", attrs)
-        self.qmap[id(out)] = _Q(y, q.qp)
+        dtype = _ACT_DTYPES[q.qp.dtype]
+        if len(node.outputs) == 1:
+            y = self.emit.op(node.op_type, [q.value, *node.inputs[1:]], dtype, out.shape, f"{node.name or out.name}_q", attrs)
+            self.qmap[id(out)] = _Q(y, q.qp)
+            return
+        # Split: every part keeps the input's scale and zero point
+        outputs = [ir.Value(name=self.emit.name(f"{o.name}_q"), type=ir.TensorType(dtype), shape=None if o.shape is None else ir.Shape(list(o.shape)))
+                   for o in node.outputs]
+        split = ir.Node("", node.op_type, [q.value, *node.inputs[1:]], attributes=attrs, outputs=outputs,
+                        name=self.emit.name(f"{node.name or out.name}_q/{node.op_type}"))
+        self.emit.pending.append(split)
+        self.emit.created.append(split)
+        for original, made in zip(node.outputs, outputs):
+            self.qmap[id(original)] = _Q(made, q.qp)
+
+    # -- transformer patterns ----------------------------------------------------------------------
+    def is_embedding(self, node: Node) -> bool:
+        """A Gather of rows of a constant float table by dynamic integer indices (an embedding)."""
+        if not is_onnx(node, "Gather") or len(node.inputs) != 2:
+            return False
+        table, indices = node.inputs
+        array = constant_array(table)
+        return (array is not None and np.issubdtype(array.dtype, np.floating) and indices is not None
+                and id(indices) in self.dynamic and not self.is_dyn_float(indices) and self.is_dyn_float(node.outputs[0]))
+
+    def lower_embedding(self, node: Node) -> None:
+        """Gather(table, idx) -> Gather(quantize(table), idx): the table is quantized once, per
+        tensor, with the output's calibrated (scale, zero point), so the gathered rows are already
+        the 8-bit activation (no float op, and no QuantizeLinear, at run time)."""
+        out = node.outputs[0]
+        qp = self.qparams(out)
+        table = self.emit.constant(f"{node.name or out.name}_table_q", qp.quantize(constant_array(node.inputs[0])).astype(qp.np_dtype))
+        attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
+        y = self.emit.op("Gather", [table, node.inputs[1]], _ACT_DTYPES[qp.dtype], out.shape, f"{node.name or out.name}_q", attrs)
+        self.qmap[id(out)] = _Q(y, qp)
+        self.removed.append(node)
+        self.stats["integer_embeddings"] += 1
+        self.notes.append(f"{label(node)} -> Gather of an 8-bit table (quantized at the output's scale)")
+
+    def lower_matmul_activations(self, node: Node) -> None:
+        """MatMul of two activations: MatMulInteger(a_q, b_q, zp_a, zp_b) -> requantize with
+        r = s_a s_b c / s_out, where c is a following Mul/Div by a constant scalar (folded, e.g.
+        attention's 1/sqrt(d)) or 1."""
+        a, b = node.inputs
+        qa, qb = self.quant_of(a), self.quant_of(b)
+        produced, factor, scale_node = node.outputs[0], 1.0, None
+        consumer = single_consumer(produced)
+        if consumer is not None and is_onnx(consumer, "Mul", "Div"):
+            factor_found = match_scale(consumer, produced)
+            if factor_found is not None and factor_found != 0:
+                factor, scale_node, produced = factor_found, consumer, consumer.outputs[0]
+        out, lo, hi, folded = self._clamp(produced)
+        qp_out = self.qparams(out)
+        base = node.name or out.name
+        try:
+            m, s = dyadic_bounded(qa.qp.scale * qb.qp.scale * factor / qp_out.scale, (1 << 31) - 1)
+        except DyadicError as exc:
+            raise ValueError(f"{label(node)}: {exc}") from None
+        zps = [self.emit.scalar(f"x_zp_{q.qp.dtype}", q.qp.zero_point, q.qp.np_dtype) for q in (qa, qb)]
+        acc = self.emit.op("MatMulInteger", [qa.value, qb.value, *zps], DataType.INT32, produced.shape, f"{base}_acc")
+        y = self.emit.requantize_accumulator(acc, np.int64(m), np.int64(s), qp_out, lo, hi, base)
+        self._replaced([node, *([scale_node] if scale_node else []), *folded], out, y, qp_out)
+        self.stats["integer_matmuls"] += 1
+        self.notes.append(f"{label(node)}{' + ' + scale_node.op_type + f' {factor:.6g}' if scale_node else ''} -> MatMulInteger of two "
+                          f"8-bit activations, dyadic shift {s}")
+
+    def lower_scale(self, node: Node, x: Value) -> None:
+        """y = c x (Mul) or x / c (Div) by a constant scalar: one-branch rescale with the signed
+        multiplier M = round(c s_x / s_y 2^S)."""
+        factor = match_scale(node, x)
+        qx = self.quant_of(x)
+        out, lo, hi, folded = self._clamp(node.outputs[0])
+        qp_out = self.qparams(out)
+        base = node.name or out.name
+        if factor == 0:
+            return self.island(node, "multiplies by 0")
+        try:
+            m, s = dyadic_bounded(factor * qx.qp.scale / qp_out.scale, 1 << 8)
+        except DyadicError as exc:
+            raise ValueError(f"{label(node)}: {exc}") from None
+        y = self.emit.requantize_branches([(qx.value, qx.qp, m)], s, qp_out, lo, hi, out.shape, base)
+        self._replaced([node, *folded], out, y, qp_out)
+        self.stats["integer_scales"] += 1
+        self.notes.append(f"{label(node)} by {factor:.6g} -> integer rescale")
+
+    def lower_constant_add(self, node: Node) -> None:
+        """x + C with a constant float tensor C: the per-branch rescale of the residual Add with
+        the constant's branch precomputed exactly at the pre-shift scale, round(C 2^S / s_out)."""
+        x = node.inputs[0] if self.is_dyn_float(node.inputs[0]) else node.inputs[1]
+        c = constant_array(node.inputs[1] if x is node.inputs[0] else node.inputs[0]).astype(np.float64)
+        qx = self.quant_of(x)
+        out, lo, hi, folded = self._clamp(node.outputs[0])
+        qp_out = self.qparams(out)
+        base = node.name or out.name
+        try:
+            (m,), s = shared_shift_multipliers([qx.qp.scale / qp_out.scale])
+        except DyadicError as exc:
+            raise ValueError(f"{label(node)}: {exc}") from None
+        offset = np.rint(np.ldexp(c / qp_out.scale, s))
+        if np.abs(offset).max(initial=0) >= 2.0 ** 60:
+            return self.island(node, "its constant is too large for the output scale")
+        y = self.emit.requantize_branches([(qx.value, qx.qp, m)], s, qp_out, lo, hi, out.shape, base, offset=offset.astype(np.int64))
+        self._replaced([node, *folded], out, y, qp_out)
+        self.stats["integer_adds"] += 1
+        self.notes.append(f"{label(node)} -> integer add of a constant {list(c.shape)} at the pre-shift scale")
+
+    def lower_gelu(self, nodes: list[Node], x: Value, divisor: float) -> None:
+        """Exact GELU (the Gelu op or x * (erf(x / sqrt2) + 1) * 0.5) -> I-BERT i-GELU."""
+        out = nodes[-1].outputs[0]
+        qx, qp_out = self.quant_of(x), self.qparams(out)
+        try:
+            consts = ibert.gelu_constants(qx.qp.scale, max(qx.qp.zero_point - qx.qp.qmin, qx.qp.qmax - qx.qp.zero_point), qp_out.scale, divisor)
+        except ibert.KernelRangeError as exc:
+            return self.island(nodes[0], str(exc))  # the rest of the pattern follows as islands
+        y = ibert.emit_gelu(self.emit, qx.value, qx.qp, qp_out, consts, nodes[0].name or out.name)
+        self._replaced(nodes, out, y, qp_out)
+        self.stats["integer_gelus"] += 1
+        self.notes.append(f"GELU ({' + '.join(n.op_type for n in nodes)}) -> integer i-GELU (erf argument refined x{consts.k})")
+
+    def lower_softmax(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        rank = len(x.shape) if x.shape is not None else 0
+        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else -1
+        if not rank or not isinstance(x.shape[axis % rank], int):
+            return self.island(node, "its softmax axis has no static size")
+        qx, qp_out = self.quant_of(x), self.qparams(out)
+        try:
+            consts = ibert.softmax_constants(qx.qp.scale, qp_out.scale, x.shape[axis % rank])
+        except ibert.KernelRangeError as exc:
+            return self.island(node, str(exc))
+        y = ibert.emit_softmax(self.emit, qx.value, qx.qp, qp_out, axis % rank, consts, node.name or out.name)
+        self._replaced([node], out, y, qp_out)
+        self.stats["integer_softmaxes"] += 1
+        self.notes.append(f"{label(node)} -> integer i-exp Softmax (argument refined x{consts.k}, reciprocal 2^-{consts.precision})")
+
+    def lower_layer_norm(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        rank = len(x.shape) if x.shape is not None else 0
+        axis = (node.attributes["axis"].as_int() if "axis" in node.attributes else -1) % max(rank, 1)
+        axes = list(range(axis, rank))
+        gamma = constant_array(node.inputs[1])
+        beta = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+            return self.island(node, "its Mean/InvStdDev outputs are used")
+        if gamma is None or (len(node.inputs) > 2 and node.inputs[2] is not None and beta is None):
+            return self.island(node, "its scale/bias are not constants")
+        if not rank or not all(isinstance(x.shape[a], int) for a in axes):
+            return self.island(node, "its normalised axes have no static size")
+        qx, qp_out = self.quant_of(x), self.qparams(out)
+        eps = node.attributes["epsilon"].as_float() if "epsilon" in node.attributes else 1e-5
+        try:
+            consts = ibert.layer_norm_constants(qx.qp.scale, qp_out.scale, math.prod(x.shape[a] for a in axes), eps, gamma, beta,
+                                                qx.qp.qmax - qx.qp.qmin)
+        except ibert.KernelRangeError as exc:
+            return self.island(node, str(exc))
+        y = ibert.emit_layer_norm(self.emit, qx.value, qp_out, axes, consts, node.name or out.name)
+        self._replaced([node], out, y, qp_out)
+        self.stats["integer_layer_norms"] += 1
+        self.notes.append(f"{label(node)} -> integer LayerNorm ({consts.iterations} Newton steps for the square root)")
 
     # -- outputs and cleanup -----------------------------------------------------------------------
     def finish_outputs(self) -> None:

@@ -7,17 +7,22 @@
   (Gemm's ``alpha`` and ``beta * C`` folded in; a MatMul's following ``Add`` of a constant vector
   taken as its bias), or the reason it does not qualify.
 * ``match_activation``: a Relu / Clip right after a producer, whose clamp the requantizer absorbs.
+* ``match_scale``: a Mul / Div of an activation by a constant scalar (its factor).
+* ``match_gelu``: the exact GELU, as the ``Gelu`` op or as torch exports it,
+  ``x * (Erf(x / sqrt2) + 1) * 0.5``, which the integer rewrite replaces by I-BERT's i-GELU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from compiler.ir import DataType, Model, Node, Value, constant_array
 
-__all__ = ["Activation", "Layer", "dynamic_values", "is_onnx", "match_activation", "match_layer", "single_consumer"]
+__all__ = ["Activation", "Layer", "dynamic_values", "is_onnx", "match_activation", "match_gelu", "match_layer", "match_scale",
+           "single_consumer"]
 
 FLOAT_TYPES = (DataType.FLOAT,)
 
@@ -177,3 +182,74 @@ def match_activation(value: Value) -> Activation | None:
                 return None
             bounds[index - 1] = float(array.reshape(()))
     return Activation(node, bounds[0], bounds[1])
+
+
+def _scalar(value: Value | None) -> float | None:
+    """The float value of a constant floating-point scalar (any shape of size 1), else None."""
+    array = constant_array(value)
+    if array is None or array.size != 1 or not np.issubdtype(array.dtype, np.floating):
+        return None
+    scalar = float(array.reshape(()))
+    return scalar if math.isfinite(scalar) else None
+
+
+def match_scale(node: Node, x: Value) -> float | None:
+    """The factor c of ``y = Mul(x, c)`` / ``Mul(c, x)`` / ``Div(x, c)`` (1 / c) with c a constant
+    scalar, else None. The output shape must be x's (a size-1 constant of higher rank would
+    broadcast x up)."""
+    if len(node.inputs) != 2 or x not in node.inputs:
+        return None
+    if node.outputs[0].shape is not None and x.shape is not None and list(node.outputs[0].shape) != list(x.shape):
+        return None
+    if is_onnx(node, "Mul"):
+        return _scalar(node.inputs[1] if node.inputs[0] is x else node.inputs[0])
+    if is_onnx(node, "Div") and node.inputs[0] is x and node.inputs[1] is not x:
+        divisor = _scalar(node.inputs[1])
+        return None if not divisor else 1.0 / divisor
+    return None
+
+
+def _near(value: float | None, target: float) -> bool:
+    return value is not None and abs(value - target) <= 1e-5 * abs(target)
+
+
+def match_gelu(node: Node, dynamic: set[int]) -> tuple[list[Node], Value, float] | None:
+    """The nodes of an exact GELU starting at ``node``, its input x and the erf divisor (sqrt 2).
+
+    Recognised: ``Gelu`` (approximate="none") and the decomposition
+    ``d = x / c (or x * (1/c)); e = Erf(d); a = e + 1; m = x * a; y = m * 0.5`` (any operand order),
+    every intermediate read only by the next node.
+    """
+    x = node.inputs[0] if node.inputs else None
+    if x is None or id(x) not in dynamic or x.dtype not in FLOAT_TYPES:
+        return None
+    if is_onnx(node, "Gelu"):
+        approximate = node.attributes.get("approximate")
+        if approximate is not None and approximate.as_string() != "none":
+            return None
+        return [node], x, math.sqrt(2.0)
+    if not is_onnx(node, "Div", "Mul"):
+        return None
+    factor = match_scale(node, x)
+    if factor is None or factor <= 0:
+        return None
+    erf = single_consumer(node.outputs[0])
+    if erf is None or not is_onnx(erf, "Erf"):
+        return None
+    add = single_consumer(erf.outputs[0])
+    if add is None or not is_onnx(add, "Add") or not _near(match_scale_add(add, erf.outputs[0]), 1.0):
+        return None
+    mul = single_consumer(add.outputs[0])
+    if mul is None or not is_onnx(mul, "Mul") or {id(v) for v in mul.inputs} != {id(x), id(add.outputs[0])}:
+        return None
+    half = single_consumer(mul.outputs[0])
+    if half is None or not is_onnx(half, "Mul") or not _near(match_scale(half, mul.outputs[0]), 0.5):
+        return None
+    return [node, erf, add, mul, half], x, 1.0 / factor
+
+
+def match_scale_add(node: Node, x: Value) -> float | None:
+    """The constant scalar c of ``Add(x, c)`` / ``Add(c, x)``, else None."""
+    if not is_onnx(node, "Add") or len(node.inputs) != 2 or x not in node.inputs:
+        return None
+    return _scalar(node.inputs[1] if node.inputs[0] is x else node.inputs[0])

@@ -206,4 +206,32 @@ def requantize_reference(acc: np.ndarray, m: np.ndarray, s: np.ndarray, zero_poi
     return np.clip(rounded + zero_point, lo, hi)
 
 
-__all__ += ["shared_shift_multipliers", "requantize_reference", "M_LOW", "M_HIGH", "S_MIN", "S_MAX"]
+def dyadic_bounded(r: float, bound: int) -> tuple[int, int]:
+    """Signed dyadic r ~ M / 2^S for a wide (int64) accumulator with |acc| <= ``bound``.
+
+    Like ``dyadic`` but M has b = min(30, 61 - bitlength(bound)) bits (|M| in [2^(b-1), 2^b)), so
+    |acc * M| < 2^61 still holds and the requantizer's 2^62 offset stays exact; the relative error
+    is <= 2^-b. A negative r gives a negative M (the requantizer's tail is sign-agnostic: it only
+    needs |acc * M| < 2^61). Used by the integer GELU, whose int64 product exceeds int32.
+
+    Raises:
+        DyadicError: r is zero or not finite, b < 16 (the accumulator is too wide for a useful
+            multiplier), or S falls outside [1, 62].
+    """
+    r = float(r)
+    if not math.isfinite(r) or r == 0:
+        raise DyadicError(f"rescale factor {r!r} must be finite and non-zero")
+    bits = min(30, 61 - int(bound).bit_length())
+    if bits < 16:
+        raise DyadicError(f"accumulator bound {bound} leaves only {bits} multiplier bits")
+    f, e = math.frexp(abs(r))
+    shift = bits - e
+    multiplier = int(round(math.ldexp(f, bits)))
+    if multiplier == 1 << bits:
+        multiplier, shift = 1 << (bits - 1), shift - 1
+    if not S_MIN <= shift <= S_MAX:
+        raise DyadicError(f"rescale factor {r:.6g} needs shift {shift}, outside [{S_MIN}, {S_MAX}]")
+    return (multiplier if r > 0 else -multiplier), shift
+
+
+__all__ += ["dyadic_bounded", "shared_shift_multipliers", "requantize_reference", "M_LOW", "M_HIGH", "S_MIN", "S_MAX"]

@@ -122,18 +122,18 @@ def test_maxpool_and_global_average_pool_on_uint8() -> None:
     assert record.stats["integer_pools"] == 1 and check_integer_only(model) == []
 
 
-def test_softmax_becomes_a_listed_float_island() -> None:
+def test_tanh_becomes_a_listed_float_island() -> None:
     model = model_from_text(
-        OPSET + "g (float[4,8] x) => (float[4,5] y, float[4,5] z) { g1 = Gemm (x, w, b)\n y = Softmax (g1)\n z = Gemm (y, v, c) }",
+        OPSET + "g (float[4,8] x) => (float[4,5] y, float[4,5] z) { g1 = Gemm (x, w, b)\n y = Tanh (g1)\n z = Gemm (y, v, c) }",
         w=(8, 5), b=(5,), v=(5, 5), c=(5,),
     )
     record = _quantize(model, _calibration((4, 8)))
     assert record.stats["islands"] == 1
-    assert any("Softmax" in note and "island" in note for note in record.notes)
-    softmax = next(n for n in model.graph if n.op_type == "Softmax")
-    assert softmax.inputs[0].producer().op_type == "DequantizeLinear"
-    assert {u.node.op_type for u in softmax.outputs[0].uses()} == {"QuantizeLinear"}  # back to integers
-    assert softmax.outputs[0].is_graph_output() and count(model, "MatMulInteger") == 2
+    assert any("Tanh" in note and "island" in note for note in record.notes)
+    tanh = next(n for n in model.graph if n.op_type == "Tanh")
+    assert tanh.inputs[0].producer().op_type == "DequantizeLinear"
+    assert {u.node.op_type for u in tanh.outputs[0].uses()} == {"QuantizeLinear"}  # back to integers
+    assert tanh.outputs[0].is_graph_output() and count(model, "MatMulInteger") == 2
     assert check_integer_only(model) == []
 
 
