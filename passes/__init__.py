@@ -3,3 +3,4 @@
 from passes import canonicalize  # noqa: F401
 from passes import quantize  # noqa: F401
 from passes import prune  # noqa: F401
+from passes import lowrank  # noqa: F401
