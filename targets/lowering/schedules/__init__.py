@@ -4,6 +4,8 @@
 (``relax.get_pipeline("zero")``) and gives every fused PrimFunc a schedule from one of the rules
 below, tried in order like TVM's dlight rules (the first rule that returns a schedule wins):
 
+    conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
+    matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
     depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
     matmul.Matmul                matmul / dense / batch matmul, transformer shapes
@@ -36,12 +38,16 @@ class ScheduleReport:
 def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from targets.lowering.schedules.conv2d import Conv2dDirect
+    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
+    from targets.lowering.schedules.matmul_int8 import MatmulInt8VNNI
     from targets.lowering.schedules.reduction import RowReduction
 
-    return [Conv2dDirect(), GroupConv2d(), Matmul(), RowReduction(), Injective()]
+    # The int8 rules come first: they claim only u8 x i8 -> i32 functions on VNNI targets and
+    # decline everything else, which then reaches the dtype-agnostic rules below unchanged.
+    return [Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dDirect(), GroupConv2d(), Matmul(), RowReduction(), Injective()]
 
 
 def _is_scheduled(func) -> bool:

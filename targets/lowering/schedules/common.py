@@ -200,3 +200,126 @@ def pack_operand(sch: s_tir.Schedule, func: tirx.PrimFunc, block, read_index: in
         elif loops:
             sch.parallel(loops[0])
     return copy
+
+
+# --- int8 dot products (AVX-512 VNNI), used by conv2d_int8.py and matmul_int8.py -----------------
+
+# Our 16x4 u8 x s8 -> s32 dot-product intrinsic: C[16] += sum_k A[k] (uint8) * B[16, k] (int8),
+# k < 4, one ``vpdpbusd zmm``. Same description as TVM's ``dot_16x4_vnni``, registered under our own
+# name for two reasons: TVM's implementation passes the operands as <16 x i32>, the signature of
+# ``llvm.x86.avx512.vpdpbusd.512`` before LLVM 22, and this wheel's LLVM 22 rejects it ("Call
+# parameter type does not match function signature"; LLVM PR 155194 changed the operands to
+# <64 x i8>); and TVM's version binds the accumulator to a ``global`` buffer, while our rules keep
+# the accumulator tile in a ``local`` buffer so LLVM holds it in registers.
+VNNI_DOT_INTRIN = "edgekiln_dot_16x4_u8i8i32_vnni"
+VNNI_LANES = 16  # int32 accumulators per zmm register (output channels / columns per intrinsic)
+VNNI_DEPTH = 4  # uint8 x int8 products summed into each lane (reduction elements per intrinsic)
+
+_vnni_registered = False
+
+
+def has_avx512_vnni(target: Target) -> bool:
+    """True if ``target`` is an x86 LLVM target whose CPU has AVX-512 VNNI (``vpdpbusd zmm``).
+
+    Read from the target's mcpu/mattr through LLVM (``znver4``/``znver5``, ``cascadelake``,
+    ``icelake-server``, ``sapphirerapids``... have it; ``skylake-avx512`` and AArch64 do not)."""
+    if target.kind.name != "llvm":
+        return False
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    if mtriple and not mtriple.startswith(("x86_64", "i686", "i386")):
+        return False
+    try:
+        return bool(codegen.target_has_features("avx512vnni", target)) and vector_bits(target) >= 512
+    except Exception:  # noqa: BLE001 - an LLVM that does not know the feature: no VNNI
+        return False
+
+
+def register_vnni_intrinsic() -> str:
+    """Register :data:`VNNI_DOT_INTRIN` once per process (lazily: only when a rule is about to
+    tensorize for a VNNI target) and return its name.
+
+    Only this one intrinsic is built; ``tvm.s_tir.tensor_intrin`` (all backends, ~30 s to import on
+    this machine, research note B3) is not imported at all.
+    """
+    global _vnni_registered
+    if _vnni_registered:
+        return VNNI_DOT_INTRIN
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(VNNI_DOT_INTRIN)
+        _vnni_registered = True  # registered by an earlier import of this module (reload)
+        return VNNI_DOT_INTRIN
+    except Exception:  # noqa: BLE001 - not registered yet
+        pass
+    # LLVM >= 22: vpdpbusd(<16 x i32> acc, <64 x i8> u8, <64 x i8> s8); older: all <16 x i32>.
+    byte_operands = codegen.llvm_version_major() >= 22
+    a_type, b_type = ("uint8x64", "int8x64") if byte_operands else ("int32x16", "int32x16")
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            # the 4 activation bytes as one int32, broadcast to all 16 lanes
+            a4 = T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16)
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(a4, dtype=a_type),
+                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=b_type),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(VNNI_DOT_INTRIN, desc, impl)
+    _vnni_registered = True
+    return VNNI_DOT_INTRIN
+
+
+def int8_dot_loads(block) -> tuple | None:
+    """For a reduction block ``out = out + int32(X[..]) * int32(Y[..])`` with an int32 ``out`` and
+    8-bit ``X``/``Y``, return the two loads ``(x_load, y_load)`` in the order written (``.source``
+    is the buffer, ``.indices`` the index expressions); None for any other body (float, operands
+    widened to int32 before the product, a zero-point subtraction inside the product...)."""
+    from tvm import ir
+
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or str(store.buffer.dtype) != "int32":
+        return None
+    value = store.value
+    if not isinstance(value, ir.prim.expr.Add):
+        return None
+    acc, prod = value.a, value.b
+    if not (isinstance(acc, ir.TensorLoad) and acc.source.same_as(store.buffer)):
+        return None
+    if not isinstance(prod, ir.prim.expr.Mul):
+        return None
+    loads = []
+    for operand in (prod.a, prod.b):
+        if not (isinstance(operand, ir.prim.expr.Cast) and str(operand.ty) == "int32"):
+            return None
+        load = operand.value
+        if not isinstance(load, ir.TensorLoad) or str(load.source.dtype) not in ("int8", "uint8"):
+            return None
+        loads.append(load)
+    return loads[0], loads[1]

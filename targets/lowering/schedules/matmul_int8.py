@@ -1,0 +1,177 @@
+"""Dense / matmul / batch matmul uint8 x int8 -> int32 with AVX-512 VNNI (``vpdpbusd``).
+
+Claims the matmul blocks of ``matmul.Matmul`` (``C[b.., i, j] += int32(A[b.., i, k]) *
+int32(B[b.., k, j])``, B also stored transposed ``[.., j, k]``) whose A is uint8, B int8 and C int32,
+on targets with AVX-512 VNNI. The fused epilogue (bias, requantization chain, clip, cast) stays in
+the write-back. N must be a multiple of 16 and K of 4.
+
+Loop structure produced (M rows, N columns, K depth; tile = mt rows x nb*16 columns):
+
+    B pack:  B[.., K, N] (or [.., N, K]) -> Bp[.., N/16, K/4, 16, 4]   (64 bytes = 16 columns x 4
+             k; folded at compile time for a constant weight, see common.pack_operand)
+    parallel for (b.., i_outer, j_outer):
+        acc[mt][nb*16] = 0                                   # int32 register tile (local)
+        for k4 in K/4:
+            for it in mt (unrolled), jb in nb (unrolled):
+                acc[it][jb*16:+16] = vpdpbusd(acc[it][jb*16:+16],
+                                              broadcast32(A[i0+it, 4*k4:4*k4+4]),
+                                              Bp[j_outer*nb+jb, k4, 0:16, 0:4])
+        C[i0:i0+mt, j0:j0+nb*16] = epilogue(acc)            # vectorized by 16 along j
+
+Why: the fp32 outer-product micro-kernel with the FMA replaced by a 16x4 dot product. A row-major
+A already holds 4 consecutive k of one row in one 32-bit word (the broadcast operand), so only B
+is re-laid-out, once, at compile time. At most 16 accumulators per tile (see conv2d_int8:
+broadcasts reused nb times stay live in registers and larger tiles spill).
+
+Limitations (declined, left to ``matmul.Matmul``): int8 (signed) A (vpdpbusd is unsigned x
+signed; the integer-only form uses uint8 activations), non-VNNI targets (``vpmaddubsw`` saturates,
+not bit-exact), and MatMulInteger as TVM's ONNX importer converts it: it widens both operands to
+int32 before the matmul (``astype`` + zero-point ``subtract``), so the matmul is int32 x int32 and
+not a byte dot product; the integer converters (targets/lowering/integer_ops.py) need to emit
+``matmul(a_u8, b_i8, out_dtype="int32")`` with the zero point moved out, as they do for ConvInteger.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from targets.lowering.schedules import common
+from targets.lowering.schedules.conv2d_int8 import MAX_ACCUMULATORS
+from targets.lowering.schedules.matmul import _ANCHOR_NAMES
+
+
+def choose_tile(rows: int, col_blocks: int) -> tuple[int, int]:
+    """(mt, nb): rows x 16-column blocks per register tile, exact divisors of ``rows`` and
+    ``col_blocks`` (N/16), maximizing ``mt * nb <= MAX_ACCUMULATORS``; ties prefer nb == 4 (then 2),
+    i.e. more columns per broadcast A word."""
+    best = None
+    for nb in (4, 2, 8, 1, 3, 16):
+        if col_blocks % nb or nb > MAX_ACCUMULATORS:
+            continue
+        mt = common.largest_divisor(rows, MAX_ACCUMULATORS // nb)
+        if best is None or mt * nb > best[0] * best[1]:
+            best = (mt, nb)
+    return best if best is not None else (1, 1)
+
+
+def _operands(block: tirx.SBlock):
+    """(a_read_index, b_read_index, b_transposed) for a u8 x i8 -> i32 matmul block, else None."""
+    loads = common.int8_dot_loads(block)
+    if loads is None:
+        return None
+    ivars = [iv.var for iv in block.iter_vars]
+    i_var, j_var, k_var = ivars[-3], ivars[-2], ivars[-1]
+    a = b = None
+    b_t = False
+    for load in loads:
+        if len(load.indices) < 2:
+            return None
+        p, q = load.indices[-2], load.indices[-1]
+        if p.same_as(i_var) and q.same_as(k_var) and str(load.source.dtype) == "uint8":
+            a = load
+        elif p.same_as(k_var) and q.same_as(j_var) and str(load.source.dtype) == "int8":
+            b, b_t = load, False
+        elif p.same_as(j_var) and q.same_as(k_var) and str(load.source.dtype) == "int8":
+            b, b_t = load, True
+    if a is None or b is None:
+        return None
+    idx = {}
+    for n, region in enumerate(block.reads):
+        if region.source.same_as(a.source):
+            idx["a"] = n
+        elif region.source.same_as(b.source):
+            idx["b"] = n
+    if len(idx) != 2:
+        return None
+    return idx["a"], idx["b"], b_t
+
+
+def _pack_map(nbatch: int, transposed: bool):
+    """[b.., K, N] (or [b.., N, K]) -> [b.., N/16, K/4, 16, 4]."""
+    lanes, depth = common.VNNI_LANES, common.VNNI_DEPTH
+
+    def index_map(*idx):
+        *b, p, q = idx
+        j, k = (p, q) if transposed else (q, p)
+        return (*b, j // lanes, k // depth, j % lanes, k % depth)
+
+    return tirx.IndexMap.from_func(index_map, ndim=nbatch + 2)
+
+
+class MatmulInt8VNNI(common.ScheduleRule):
+    """u8 x i8 -> i32 matmul tensorized with vpdpbusd (see module docstring)."""
+
+    name = "matmul-int8-vnni"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
+            return None
+        if not common.has_avx512_vnni(target):
+            return None
+        # Any analysis or schedule failure means "not ours": the next rule gets the function.
+        try:
+            return self._match_and_schedule(func)
+        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
+            return None
+
+    def _match_and_schedule(self, func):
+        sch = s_tir.Schedule(func)
+        anchor = common.find_anchor(sch, _ANCHOR_NAMES)
+        if anchor is None:
+            return None
+        kinds = common.iter_kinds(sch, anchor)
+        if len(kinds) < 3 or kinds[-1] != "R" or set(kinds[:-1]) != {"S"}:
+            return None
+        ops = _operands(sch.get(anchor))
+        if ops is None:
+            return None
+        return self._schedule(sch, func, anchor, *ops)
+
+    def _schedule(self, sch, func, mm, a_idx, b_idx, b_transposed):
+        intrin = common.register_vnni_intrinsic()
+        lanes, depth = common.VNNI_LANES, common.VNNI_DEPTH
+        ext = common.extents(sch, sch.get_loops(mm))
+        if ext is None:
+            return None
+        nbatch = len(ext) - 3
+        epilogue = common.fuse_epilogue(sch, mm)
+        if ext[-2] % lanes or ext[-1] % depth:
+            return None
+        M, N, K = ext[-3], ext[-2], ext[-1]
+        mt, nb = choose_tile(M, N // lanes)
+
+        common.pack_operand(sch, func, mm, b_idx, _pack_map(nbatch, b_transposed))
+
+        loops = sch.get_loops(mm)
+        batch, i, j, k = loops[:-3], loops[-3], loops[-2], loops[-1]
+        io, it = sch.split(i, [None, mt])
+        jo, jb, ji = sch.split(j, [None, nb, lanes])
+        ko, ki = sch.split(k, [None, depth])
+        sch.reorder(*batch, io, jo, ko, it, jb, ji, ki)
+        acc = sch.cache_write(mm, 0, "local")
+        sch.reverse_compute_at(acc, jo, preserve_unit_loops=True)
+        if epilogue is not None:
+            sch.reverse_compute_inline(epilogue)
+
+        outer = sch.fuse(*batch, io, jo)
+        out_elems = 1
+        for e in ext[:-1]:
+            out_elems *= e
+        if out_elems * K >= common.MIN_PARALLEL_ELEMENTS * 16 and out_elems // (mt * nb * lanes) > 1:
+            sch.parallel(outer)
+        init = sch.decompose_reduction(mm, ko)
+        init_loops = sch.get_loops(init)
+        sch.unroll(init_loops[-3])
+        sch.unroll(init_loops[-2])
+        sch.vectorize(init_loops[-1])
+        sch.unroll(it)
+        sch.unroll(jb)
+        sch.tensorize(ji, intrin)
+
+        # Write-back + epilogue: (.., it, j: nb*16) -> j split by 16 and vectorized.
+        wl = sch.get_loops(acc)
+        wjo, wji = sch.split(wl[-1], [None, lanes])
+        sch.unroll(wjo)
+        sch.vectorize(wji)
+        return sch

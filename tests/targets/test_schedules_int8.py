@@ -1,0 +1,306 @@
+"""int8 dot-product schedule rules (targets/lowering/schedules/conv2d_int8.py, matmul_int8.py).
+
+Each case builds the Relax that the integer-only lowering produces (``conv2d``/``matmul`` of uint8
+activations and constant int8 weights with ``out_dtype="int32"``, an int32 bias add and, optionally,
+the int64 dyadic requantization chain of passes/quantize ending in a uint8 cast), runs it through
+build.py's preparation and our default rules for this host's CPU, and checks
+
+* which rule claimed the fused function (the VNNI rules on a host with avx512_vnni, the generic
+  rules otherwise / for the cases the VNNI rules decline),
+* bit-exactness (``np.array_equal``) against a numpy int64 reference,
+* ``vpdpbusd`` in the generated assembly when the host has AVX-512 VNNI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from tvm import relax  # noqa: E402
+from tvm.target import codegen  # noqa: E402
+
+from targets.lowering.schedules import apply_default_schedules, common  # noqa: E402
+from targets.lowering.schedules import conv2d_int8, matmul_int8  # noqa: E402
+
+
+def _host_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+HOST_VNNI = _host_has_vnni()
+needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="host CPU has no AVX-512 VNNI (/proc/cpuinfo)")
+
+
+def host_target(mcpu: str | None = None) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or codegen.llvm_get_system_cpu(), "num-cores": 2})
+
+
+# --- the requantization chain of passes/quantize (int64, round half up, offset 2^62) -------------
+
+
+def _requant_params(channels: int, seed: int):
+    rng = np.random.default_rng(seed)
+    mult = rng.integers(1 << 29, 1 << 30, size=channels).astype(np.int64)
+    shift = rng.integers(34, 40, size=channels).astype(np.int64)
+    return mult, shift
+
+
+def _emit_requant(bb, acc, channels: int, shape: list[int], zp_out: int, lo: int, hi: int, seed: int):
+    """Cast(int64) -> Mul M -> Add 2^(S-1)+2^62 -> Cast(uint64) -> >> S -> Cast(int64) ->
+    Add zp-2^(62-S) -> Clip -> Cast(uint8), exactly as passes/quantize emits it in ONNX."""
+    mult, shift = _requant_params(channels, seed)
+    rnd = (np.int64(1) << (shift - 1)) + (np.int64(1) << 62)
+    zadd = zp_out - (np.int64(1) << (62 - shift))
+    p = relax.op.multiply(relax.op.astype(acc, "int64"), relax.const(mult.reshape(shape), "int64"))
+    p = relax.op.add(p, relax.const(rnd.reshape(shape), "int64"))
+    shift_u64 = relax.const(shift.astype(np.uint64).reshape(shape), "uint64")
+    u = relax.op.right_shift(relax.op.astype(p, "uint64"), shift_u64)
+    q = relax.op.add(relax.op.astype(u, "int64"), relax.const(zadd.reshape(shape), "int64"))
+    return bb.emit(relax.op.astype(relax.op.clip(q, lo, hi), "uint8"))
+
+
+def _requant_reference(acc: np.ndarray, axis: int, zp_out: int, lo: int, hi: int, seed: int) -> np.ndarray:
+    mult, shift = _requant_params(acc.shape[axis], seed)
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    m, s = mult.reshape(shape), shift.reshape(shape)
+    q = ((acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s) + zp_out
+    return np.clip(q, lo, hi).astype(np.uint8)
+
+
+# --- models and references --------------------------------------------------------------------------
+
+
+def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0):
+    """(Relax module, input, int64-reference output) for conv2d + bias [+ requant]."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (0, 255) if data_dtype == "uint8" else (-128, 127)
+    x = rng.integers(lo, hi + 1, size=(1, c, h, h)).astype(data_dtype)
+    w = rng.integers(-127, 128, size=(f, c, k, k)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, size=f).astype(np.int32)
+
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, c, h, h), data_dtype))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            acc = relax.op.nn.conv2d(xv, relax.const(w, "int8"), strides=stride, padding=pad, out_dtype="int32")
+            acc = bb.emit(relax.op.add(acc, relax.const(bias.reshape(1, -1, 1, 1), "int32")))
+            y = _emit_requant(bb, acc, f, [1, f, 1, 1], 5, 0, 255, seed) if requant else acc
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (h + 2 * pad - k) // stride + 1
+    ref = np.zeros((1, f, oh, oh), np.int64)
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride]
+            ref += np.einsum("nchw,fc->nfhw", patch, w[:, :, i, j].astype(np.int64))
+    ref += bias.reshape(1, -1, 1, 1)
+    ref = _requant_reference(ref, 1, 5, 0, 255, seed) if requant else ref.astype(np.int32)
+    return bb.get(), x, ref
+
+
+def dense_case(m, k, n, requant, transposed=False, seed=0):
+    """(Relax module, input, reference) for matmul(a_u8, W_i8) + bias [+ requant]; the weight is
+    stored [N, K] and transposed in the graph when ``transposed`` (a Gemm with transB)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, size=(m, k)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(k, n)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, size=n).astype(np.int32)
+    bb = relax.BlockBuilder()
+    av = relax.Var("a", relax.TensorType((m, k), "uint8"))
+    with bb.function("main", [av]):
+        with bb.dataflow():
+            if transposed:  # stored [N, K] like a Gemm transB weight
+                wc = relax.op.permute_dims(relax.const(np.ascontiguousarray(w.T), "int8"))
+            else:
+                wc = relax.const(w, "int8")
+            acc = bb.emit(relax.op.add(relax.op.matmul(av, wc, out_dtype="int32"), relax.const(bias, "int32")))
+            y = _emit_requant(bb, acc, n, [n], 0, 0, 200, seed) if requant else acc
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    ref = a.astype(np.int64) @ w.astype(np.int64) + bias
+    ref = _requant_reference(ref, 1, 0, 0, 200, seed) if requant else ref.astype(np.int32)
+    return bb.get(), a, ref
+
+
+def compile_and_run(mod, x, target=None):
+    """build.py's preparation -> apply_default_schedules -> tvm.compile; returns (y, report, asm)."""
+    target = target or host_target()
+    with target:
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.transform.CanonicalizeBindings()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        mod, report = apply_default_schedules(mod, target)
+        ex = tvm.compile(mod, target=target)
+    asm = ex.mod.imports[0].inspect_source("asm") if ex.mod.imports else ""
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    y = vm["main"](tvm.runtime.tensor(x)).numpy()
+    return y, report, asm
+
+
+def only_rule(report) -> str:
+    assert report.unscheduled == [], report
+    anchors = {name: rule for name, rule in report.scheduled.items() if "conv2d" in name or "matmul" in name}
+    assert len(anchors) == 1, report.scheduled
+    return next(iter(anchors.values()))
+
+
+# --- tests ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "c,h,f,k,stride,pad",
+    [(16, 12, 32, 3, 1, 1), (32, 10, 48, 1, 1, 0), (16, 13, 32, 3, 2, 1), (32, 14, 64, 1, 2, 0)],
+    ids=["3x3s1p1", "1x1", "3x3s2p1", "1x1s2"],
+)
+@pytest.mark.parametrize("requant", [False, True], ids=["int32", "requant"])
+def test_conv2d_u8i8_bit_exact(c, h, f, k, stride, pad, requant):
+    mod, x, ref = conv_case(c, h, f, k, stride, pad, requant)
+    y, report, asm = compile_and_run(mod, x)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    rule = only_rule(report)
+    if HOST_VNNI:
+        assert rule == conv2d_int8.Conv2dInt8VNNI.name
+        assert "vpdpbusd" in asm
+    else:
+        assert rule == "conv2d-direct"
+
+
+@pytest.mark.parametrize(
+    "m,k,n,transposed",
+    [(24, 64, 48, False), (1, 128, 32, False), (16, 96, 64, True)],
+    ids=["24x64x48", "gemv", "transB-const"],
+)
+@pytest.mark.parametrize("requant", [False, True], ids=["int32", "requant"])
+def test_dense_u8i8_bit_exact(m, k, n, transposed, requant):
+    mod, a, ref = dense_case(m, k, n, requant, transposed)
+    y, report, asm = compile_and_run(mod, a)
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    rule = only_rule(report)
+    if HOST_VNNI:
+        assert rule == matmul_int8.MatmulInt8VNNI.name
+        assert "vpdpbusd" in asm
+    else:
+        assert rule == "matmul"
+
+
+def test_dense_runtime_weight_is_packed_per_call():
+    """A weight that is a graph input (not a constant) cannot be packed at compile time: the
+    packing copy stays in the function, runs per call, and the result is still exact."""
+    m, k, n = 16, 96, 64
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, size=(m, k)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(n, k)).astype(np.int8)
+    bb = relax.BlockBuilder()
+    av = relax.Var("a", relax.TensorType((m, k), "uint8"))
+    wv = relax.Var("w", relax.TensorType((n, k), "int8"))
+    with bb.function("main", [av, wv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.matmul(av, relax.op.permute_dims(wv), out_dtype="int32")))
+        bb.emit_func_output(gv)
+    target = host_target()
+    with target:
+        mod, report = apply_default_schedules(relax.get_pipeline("zero")(bb.get()), target)
+        ex = tvm.compile(mod, target=target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    y = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(w)).numpy()
+    assert np.array_equal(y, a.astype(np.int64) @ w.T.astype(np.int64))
+    assert only_rule(report) == (matmul_int8.MatmulInt8VNNI.name if HOST_VNNI else "matmul")
+
+
+def test_requant_epilogue_is_fused():
+    """conv + bias + the whole requant chain is one PrimFunc claimed by the int8 rule, and its
+    scheduled body stores uint8 straight from the int32 accumulator tile (no int64 intermediate
+    buffer left between the conv and the output)."""
+    mod, x, ref = conv_case(16, 8, 32, 3, 1, 1, requant=True)
+    target = host_target()
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+        funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert len(funcs) == 1, [gv.name_hint for gv, _ in funcs]
+        if not HOST_VNNI:
+            pytest.skip("host CPU has no AVX-512 VNNI")
+        sch = conv2d_int8.Conv2dInt8VNNI().apply(funcs[0][1], target)
+    assert sch is not None
+
+    def root_allocs(s_):
+        return [(b.name, str(b.dtype)) for b in s_.get(s_.get_sblock("root")).alloc_buffers]
+
+    before = root_allocs(tvm.s_tir.Schedule(funcs[0][1]))
+    allocated = root_allocs(sch)
+    assert "int64" in {dt for _, dt in before}  # unscheduled: the int64 requant chain is materialized
+    dtypes = {dt for _, dt in allocated}
+    assert not dtypes & {"int64", "uint64"}, allocated  # ...the scheduled one keeps it in registers
+    assert ("conv2d_nchw_intermediate_local", "int32") in allocated, allocated
+
+
+@needs_vnni
+def test_int8_activations_fall_back_bit_exact():
+    """Signed int8 data is not claimed by the VNNI rule (vpdpbusd is u8 x s8); the generic rule
+    computes it, still bit-exact."""
+    mod, x, ref = conv_case(16, 10, 32, 3, 1, 1, requant=False, data_dtype="int8")
+    y, report, asm = compile_and_run(mod, x)
+    assert np.array_equal(y, ref)
+    assert only_rule(report) == "conv2d-direct"
+
+
+def test_channels_not_multiple_of_4_fall_back():
+    """C = 3 (an RGB input layer) cannot be split into 4-deep dot products: generic rule, exact."""
+    mod, x, ref = conv_case(3, 16, 16, 3, 1, 1, requant=True)
+    y, report, _ = compile_and_run(mod, x)
+    assert np.array_equal(y, ref)
+    assert only_rule(report) == "conv2d-direct"
+
+
+def _host_has_avx512() -> bool:
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _host_has_avx512(), reason="host cannot run skylake-avx512 code")
+def test_no_vnni_target_declines_and_stays_exact():
+    """A target without AVX-512 VNNI (skylake-avx512): the VNNI rules decline, the generic rules
+    compile the int8 conv, no vpdpbusd is emitted, and the result is still bit-exact."""
+    target = host_target("skylake-avx512")
+    assert not common.has_avx512_vnni(target)
+    mod, x, ref = conv_case(16, 8, 32, 3, 1, 1, requant=True)
+    y, report, asm = compile_and_run(mod, x, target=target)
+    assert np.array_equal(y, ref)
+    assert only_rule(report) == "conv2d-direct"
+    assert "vpdpbusd" not in asm
+
+
+def test_vnni_feature_detection():
+    assert common.has_avx512_vnni(host_target("znver4"))
+    assert common.has_avx512_vnni(host_target("cascadelake"))
+    assert not common.has_avx512_vnni(host_target("skylake-avx512"))
+    assert not common.has_avx512_vnni(host_target("haswell"))
+    assert not common.has_avx512_vnni(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+
+
+def test_tile_choice_stays_within_register_budget():
+    for blocks in (1, 2, 4, 8, 32):
+        for width in (7, 14, 28, 56, 112, 13):
+            nb, xt = conv2d_int8.choose_tile(blocks, width)
+            assert blocks % nb == 0 and width % xt == 0
+            assert nb * xt <= conv2d_int8.MAX_ACCUMULATORS
+    assert conv2d_int8.choose_tile(4, 56) == (2, 8)
+    assert conv2d_int8.choose_tile(32, 7) == (2, 7)
+    for rows in (1, 7, 128):
+        for blocks in (1, 2, 48, 63):
+            mt, nb = matmul_int8.choose_tile(rows, blocks)
+            assert rows % mt == 0 and blocks % nb == 0 and mt * nb <= conv2d_int8.MAX_ACCUMULATORS
+    assert matmul_int8.choose_tile(128, 48) == (4, 4)
