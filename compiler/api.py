@@ -54,14 +54,46 @@ DEFAULT_RECORDS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cach
 SHIPPED_RECORDS_DIR = Path(__file__).resolve().parents[1] / "targets" / "records"
 
 
-def default_pipeline(target, quantize: str | None = None, output_format: str = "integer", observer: str | None = None) -> str:
-    """The pass spec used when the user gives none: canonicalize, then quantization if asked.
+def default_pipeline(
+    target,
+    quantize: str | None = None,
+    output_format: str = "integer",
+    observer: str | None = None,
+    prune: float | None = None,
+    lowrank: str | None = None,
+) -> str:
+    """The pass spec used when the user gives none: canonicalize, then the compressions asked for
+    in the order prune -> low-rank -> quantize (structure first, so quantization calibrates the
+    final graph).
 
     ``quantize`` is ``None`` or ``"int8"``/``"int4"``; ``output_format`` ``"integer"`` emits the
     integer-only (HAWQ-V3 dyadic) graph, ``"qdq"`` the QuantizeLinear/DequantizeLinear form that
     ONNX Runtime and TensorRT consume.
     """
-    return "canonicalize" + _quantize_spec(quantize, output_format, observer)
+    return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)
+
+
+def _compression_spec(prune: float | None, lowrank: str | None) -> str:
+    """``--prune RATIO``: cut RATIO of the target's estimated latency by removing channels, with
+    least-squares reconstruction. ``--lowrank auto|ENERGY``: factorize Gemm/MatMul/Conv where the
+    cost model predicts a speed-up (``auto``) or keeping ENERGY of the singular-value energy."""
+    spec = ""
+    if prune is not None:
+        if not 0.0 < prune < 1.0:
+            raise OptionError(f"--prune {prune}: expected a ratio between 0 and 1 (e.g. 0.3)")
+        spec += f",prune-channels{{ratio={prune},mode=latency}}"
+    if lowrank is not None:
+        if lowrank == "auto":
+            spec += ",factorize-conv,factorize-gemm{data_aware=true}"
+        else:
+            try:
+                energy = float(lowrank)
+            except ValueError:
+                raise OptionError(f"--lowrank {lowrank}: expected 'auto' or an energy fraction such as 0.99") from None
+            if not 0.0 < energy <= 1.0:
+                raise OptionError(f"--lowrank {lowrank}: the energy fraction must be in (0, 1]")
+            spec += f",factorize-conv{{energy={energy}}},factorize-gemm{{energy={energy},data_aware=true}}"
+    return spec
 
 
 def _quantize_spec(quantize: str | None, output_format: str, observer: str | None) -> str:
@@ -190,6 +222,8 @@ def compile_model(
     quantize: str | None = None,
     output_format: str = "integer",
     observer: str | None = None,
+    prune: float | None = None,
+    lowrank: str | None = None,
     tune: int = 0,
     tuning_records: str | os.PathLike | None = None,
     seed: int = 0,
@@ -219,6 +253,9 @@ def compile_model(
             pipeline; needs calibration data. With explicit ``passes`` it is appended to them.
         output_format: ``"integer"`` (integer-only graph) or ``"qdq"`` (Q/DQ pairs for ORT/TensorRT).
         observer: activation range observer for quantization: minmax, percentile or mse.
+        prune: remove channels until this fraction of the target's estimated latency is saved.
+        lowrank: ``"auto"`` (factorize where the cost model predicts a speed-up) or an energy
+            fraction such as ``"0.99"``.
         tune: MetaSchedule trials per task to run before building (0: no tuning); records go to
             ``tuning_records`` or :data:`DEFAULT_RECORDS_DIR` and are used by this build.
         tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
@@ -239,11 +276,12 @@ def compile_model(
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
     if passes is None:
-        pipeline = Pipeline.parse(default_pipeline(target_obj, quantize, output_format, observer))
+        pipeline = Pipeline.parse(default_pipeline(target_obj, quantize, output_format, observer, prune, lowrank))
     else:
         pipeline = _as_pipeline(passes)
-        if quantize is not None:
-            pipeline = Pipeline([*pipeline, *Pipeline.parse(_quantize_spec(quantize, output_format, observer).lstrip(","))])
+        extra = (_compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)).lstrip(",")
+        if extra:
+            pipeline = Pipeline([*pipeline, *Pipeline.parse(extra)])
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:

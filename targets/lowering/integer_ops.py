@@ -150,7 +150,53 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
         return relax.op.nn.conv2d(x32, w32, padding=pads, **conv)
 
 
-_EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {"ConvInteger": ConvInteger}
+class MatMulInteger(onnx_frontend.OnnxOpConverter):
+    """ONNX MatMulInteger with the integer-only form's operands kept 8-bit.
+
+    TVM's own converter widens both operands to int32 before ``matmul``, which no int8
+    dot-product schedule can take. For the integer-only form (B a constant int8 weight without a
+    zero point, A's zero point a constant scalar) we keep ``matmul(a_u8, b_i8, out_dtype="int32")``
+    and move the zero point out, exactly in int32:
+
+        (A - za) @ B = A @ B - za * sum_k B[k, n]
+
+    Every other case (activation x activation, per-row/per-column zero points) goes to TVM's
+    converter unchanged (it is exact, only not VNNI-friendly).
+    """
+
+    @classmethod
+    def _impl_v10(cls, bb: relax.BlockBuilder, inputs, attr: dict[str, Any], params):
+        a, b = inputs[0], inputs[1]
+        a_zp = inputs[2] if len(inputs) > 2 else None
+        b_zp = inputs[3] if len(inputs) > 3 else None
+        b_value = _constant(b)
+        a_zp_value = _constant(a_zp) if a_zp is not None else np.zeros(())
+        b_zp_value = _constant(b_zp) if b_zp is not None else np.zeros(())
+        fast = (
+            b_value is not None
+            and b_value.ndim == 2
+            and _dtype(b) == "int8"
+            and _dtype(a) in _INT8_TYPES
+            and a_zp_value is not None
+            and np.asarray(a_zp_value).size == 1
+            and b_zp_value is not None
+            and not np.any(b_zp_value)
+        )
+        if not fast:
+            return onnx_frontend.MatMulInteger._impl_v10(bb, inputs, attr, params)
+        acc = relax.op.matmul(a, b, out_dtype="int32")
+        za = int(np.asarray(a_zp_value).reshape(-1)[0])
+        if za == 0:
+            return acc
+        # |za * sum_k B| <= 255 * 127 * K: int32 for K < 66000
+        corr = relax.const((za * b_value.astype(np.int64).sum(axis=0)).astype(np.int32), "int32")
+        return relax.op.subtract(bb.normalize(acc), corr)
+
+
+_EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {
+    "ConvInteger": ConvInteger,
+    "MatMulInteger": MatMulInteger,
+}
 
 # ONNX op types this module makes importable (for support checks and reports).
 SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS)

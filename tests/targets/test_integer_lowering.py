@@ -8,6 +8,7 @@ dtype and shape): integer graphs are bit-exact between reference, ORT and TVM (D
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_install_is_idempotent_and_seen_by_the_support_check():
     integer_ops.install_converters()
     assert onnx_frontend._get_convert_map is wrapped  # no nesting
     assert integer_ops.installed()
-    assert integer_ops.SUPPORTED_EXTRA_OPS == {"ConvInteger"}
+    assert integer_ops.SUPPORTED_EXTRA_OPS == {"ConvInteger", "MatMulInteger"}
     assert onnx_frontend._get_convert_map()["ConvInteger"] is integer_ops.ConvInteger
     importer.check_supported(integer_cnn_model())  # raises UnsupportedModelError if not seen
 
@@ -203,7 +204,29 @@ def _spec_op_cases() -> dict[str, tuple[onnx.ModelProto, list[dict]]]:
     return cases
 
 
-_SPEC_OP_CASES = _spec_op_cases()
+def _weight_matmul_cases() -> dict[str, tuple[onnx.ModelProto, dict]]:
+    """The integer-only form's MatMulInteger: constant int8 weight, no weight zero point (our
+    converter keeps it u8 x i8 for VNNI), with a zero or non-zero activation zero point."""
+    rng = RNG(11)
+    cases = {}
+    for a_dtype, zero in ((np.uint8, 131), (np.uint8, 0), (np.int8, -5)):
+        a = random_integer_input(a_dtype, (3, 64), rng)
+        consts = {"b": random_integer_input(np.int8, (64, 32), rng), "az": np.array(zero, a_dtype)}
+        cases[f"matmulinteger-weight-{np.dtype(a_dtype).name}-zp{zero}"] = (
+            single_op("MatMulInteger", {"a": a}, np.int32, consts), {"a": a})
+    return cases
+
+
+_SPEC_OP_CASES = {**_spec_op_cases(), **_weight_matmul_cases()}
+
+
+def test_weight_matmul_integer_keeps_int8_operands():
+    """A constant int8 weight without zero point lowers to a u8 x i8 -> i32 matmul (what the VNNI
+    matmul rule claims), with the activation zero point moved to a constant correction."""
+    model, _ = _weight_matmul_cases()["matmulinteger-weight-uint8-zp131"]
+    text = importer.import_onnx(model, {}).script()
+    assert re.search(r'R\.matmul\(a, metadata\["[\w.]+"\]\[0\], out_dtype="int32"\)', text)
+    assert "R.astype(" not in text and "R.subtract(" in text
 
 
 @pytest.mark.parametrize("case", sorted(_SPEC_OP_CASES))
