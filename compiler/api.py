@@ -30,7 +30,7 @@ from compiler.pipeline import Pipeline, PassRecord
 from compiler.progress import Progress
 from compiler.verify import compare, ort_session, policy_for, random_feeds, run_onnxruntime
 
-__all__ = ["compile_model", "load_artifact", "CompileResult", "Artifact", "default_pipeline", "DEFAULT_VERIFY_MAX_PARAMS"]
+__all__ = ["compile_model", "estimate_model", "load_artifact", "CompileResult", "Artifact", "default_pipeline", "DEFAULT_VERIFY_MAX_PARAMS"]
 
 #: ``verify="auto"`` checks every pass against ONNX Runtime when the model has at most this many
 #: weights (each check is one ORT run per verification feed; cheap for small models).
@@ -275,13 +275,7 @@ def compile_model(
     target_obj = get_target(target)
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
-    if passes is None:
-        pipeline = Pipeline.parse(default_pipeline(target_obj, quantize, output_format, observer, prune, lowrank))
-    else:
-        pipeline = _as_pipeline(passes)
-        extra = (_compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)).lstrip(",")
-        if extra:
-            pipeline = Pipeline([*pipeline, *Pipeline.parse(extra)])
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
@@ -354,13 +348,23 @@ def compile_model(
         lowering: dict[str, Any] | None = None
         library = None
         lib = None
+        result = None
+        skipped_reason: str | None = None
         artifact_check = None
         timings: dict[str, Any] = {}
         if lower:
             from targets.lowering import load_library, lower_model
+            from targets.lowering.cross import ToolchainMissingError
 
             records_root = _tuning_records(optimized_proto, target_obj, shapes, tune, tuning_records, timings)
-            result = lower_model(optimized_proto, target_obj, shapes, tmp, tuning_records=records_root)
+            try:
+                result = lower_model(optimized_proto, target_obj, shapes, tmp, tuning_records=records_root)
+            except ToolchainMissingError as exc:
+                # DESIGN: a missing toolchain still gives the optimized model, the cost model and
+                # the report; the status says what to install.
+                result = None
+                skipped_reason = str(exc)
+        if lower and result is not None:
             library = result.library_file
             lowering = {
                 "library": result.library_file,
@@ -368,6 +372,7 @@ def compile_model(
                 "scheduled": result.scheduled,
                 "unscheduled": result.unscheduled,
                 "notes": result.notes,
+                "artifact": result.artifact,
             }
             timings["lowering_s"] = result.seconds
             if target_obj.runs_locally:
@@ -429,8 +434,8 @@ def compile_model(
             pass_records=pass_dicts,
             summary=summary,
             environment=_environment(),
-            status="ok" if lower else "lowering-skipped",
-            lowering=lowering,
+            status="ok" if lower and result is not None else "lowering-skipped",
+            lowering=lowering if lowering is not None else {"skipped": skipped_reason or "--no-lower"},
             timing=timings,
             layers_before=summary_before,
             layers_after=summary_after,
@@ -520,6 +525,50 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     if lib is not None:
         result["artifact_tvm"] = evaluate_classification(lib.run, arrays, labels, batch, names)
     return result
+
+
+def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank) -> Pipeline:
+    """The user's passes (or the default pipeline) with the compressions asked for appended."""
+    if passes is None:
+        return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank))
+    pipeline = _as_pipeline(passes)
+    extra = (_compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)).lstrip(",")
+    return Pipeline([*pipeline, *Pipeline.parse(extra)]) if extra else pipeline
+
+
+def estimate_model(
+    model: str | os.PathLike,
+    target: str = "cpu",
+    *,
+    passes: str | Pipeline | Sequence[Pass] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    calibration=None,
+    quantize: str | None = None,
+    output_format: str = "integer",
+    observer: str | None = None,
+    prune: float | None = None,
+    lowrank: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Run the passes (no verification, no TVM) and return the target's per-layer cost estimate
+    (``targets.cost_model.estimate_table``): what ``compile --estimate-only`` prints."""
+    from targets import get_target
+    from targets.cost_model import RooflineCostModel, estimate_table
+
+    model_path = Path(model)
+    target_obj = get_target(target)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank)
+    ir_model, shapes = load_and_prepare(model_path, input_shapes)
+    calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
+    ctx = CompileContext(
+        target=target_obj,
+        cost_model=RooflineCostModel(target_obj),
+        calibration=_calibration_feeds(calib_source, ir_model, shapes),
+        options={"seed": seed},
+        input_shapes=shapes,
+    )
+    ir_model, _ = pipeline.run(ir_model, ctx, initial_facts=FRONTEND_FACTS)
+    return estimate_table(ir_model, target_obj)
 
 
 def _as_pipeline(passes) -> Pipeline:

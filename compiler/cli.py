@@ -18,6 +18,8 @@ examples:
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
   compile model.onnx --quantize int8 --calib calib.npz
       integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --prune 0.3 --lowrank auto --calib calib.npz
+      prune channels and factorize layers where the target's cost model says it pays
   compile model.onnx --tune 32 --tuning-records records/
       tune with MetaSchedule once; later compiles with --tuning-records records/ reuse it
   compile model.onnx --input-shape x=1,3,224,224
@@ -52,12 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--quantize", choices=["int8", "int4"], help="quantize to an integer-only graph (int8; int4 = 4-bit weights); needs calibration data")
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
+    compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
+    compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
+    compress.add_argument("--lowrank", metavar="auto|ENERGY", help="factorize Gemm/MatMul/Conv: 'auto' where the cost model predicts a speed-up within the error budget, or keep ENERGY (e.g. 0.99) of the singular-value energy")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", metavar="TRIALS", type=int, default=0, help="tune conv/matmul kernels with MetaSchedule (TRIALS per kernel) before building; Ctrl-C stops and keeps what was found")
     tuning.add_argument("--tuning-records", metavar="DIR", help="apply (and with --tune, extend) the tuning records in DIR (default for --tune: ~/.cache/edgekiln/tuning)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
     verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
+    parser.add_argument("--arch", metavar="SM", help="GPU architecture for CUDA targets, e.g. sm_80 or sm_90 (default: the target's)")
+    parser.add_argument("--estimate-only", action="store_true", help="run the passes and print the target's per-layer cost estimate; build nothing, write nothing")
     parser.add_argument("--no-lower", dest="lower", action="store_false", help="run the ONNX passes and write the report, but do not build with TVM")
     parser.add_argument("--no-measure", dest="measure", action="store_false", help="do not time the artifact and ONNX Runtime")
     parser.add_argument("--plugin", metavar="MODULE", action="append", default=[], help="import a Python module that registers extra passes (repeatable)")
@@ -73,7 +80,8 @@ def _list_targets() -> None:
     from targets import list_targets
 
     for target in list_targets():
-        print(f"{target.name:<20} {target.description}")
+        aliases = f" (alias: {', '.join(target.aliases)})" if target.aliases else ""
+        print(f"{target.name:<20} {target.description}{aliases}")
 
 
 def _list_passes() -> None:
@@ -131,12 +139,27 @@ def main(argv: list[str] | None = None) -> int:
         from compiler.frontend import parse_input_shape
 
         shapes = dict(parse_input_shape(text) for text in args.input_shape)
+        target = args.target
+        if args.arch:
+            from targets.registry import with_arch
+
+            target = with_arch(target, args.arch)
+        if args.estimate_only:
+            from compiler.api import estimate_model
+
+            rows = estimate_model(
+                args.model, target, passes=args.passes, input_shapes=shapes, calibration=args.calib,
+                quantize=args.quantize, output_format=args.output_format, observer=args.observer,
+                prune=args.prune, lowrank=args.lowrank, seed=args.seed,
+            )
+            print(_estimate_table(rows))
+            return 0
         passes = args.passes
         if passes is not None and passes.startswith("@"):
             passes = _read_spec_file(passes[1:])
         result = compile_model(
             args.model,
-            target=args.target,
+            target=target,
             output=args.output,
             passes=passes,
             input_shapes=shapes,
@@ -149,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             output_format=args.output_format,
             observer=args.observer,
+            prune=args.prune,
+            lowrank=args.lowrank,
             tune=args.tune,
             tuning_records=args.tuning_records,
             seed=args.seed,
@@ -163,6 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(_summary_line(result))
     return 0
+
+
+def _estimate_table(rows: list[dict]) -> str:
+    """Per-layer estimate as text: the slowest layers first, and the total (all estimates)."""
+    if not rows:
+        return "no nodes"
+    total = sum(r.get("est_us") or 0.0 for r in rows)
+    source = rows[0].get("source", "roofline")
+    lines = [f"{'node':<40} {'op':<18} {'prec':<5} {'MACs':>12} {'bytes':>12} {'est. us':>10} bound",
+             "-" * 110]
+    for r in sorted(rows, key=lambda r: -(r.get("est_us") or 0.0)):
+        lines.append(f"{str(r['node'])[:40]:<40} {r['op']:<18} {r.get('precision', ''):<5} {r.get('macs', 0):>12,} "
+                     f"{r.get('bytes', 0):>12,} {r.get('est_us') or 0.0:>10.2f} {r.get('bound', '')}")
+    lines.append(f"total ({source}): {total / 1000:.3f} ms over {len(rows)} nodes")
+    return "\n".join(lines)
 
 
 def _import_plugin(module: str) -> None:

@@ -544,3 +544,57 @@ def summarize_by_op(costs: Sequence[NodeCost]) -> dict[str, float]:
     for cost in costs:
         out[cost.op_type] = out.get(cost.op_type, 0.0) + cost.seconds
     return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-layer table (compile --estimate-only)
+# ------------------------------------------------------------------------------------------------
+def estimate_table(model: Model, target: Any, calibrated: bool = True) -> list[dict[str, Any]]:
+    """One row per top-level node of ``model``: the estimate on ``target``, ready to print.
+
+    Keys: ``node``, ``op``, ``precision``, ``macs``, ``bytes``, ``compute_us``, ``memory_us``,
+    ``est_us``, ``bound``, ``source``; ``efficiency`` when a calibration record for the target is
+    used (``calibrated`` and one was saved by targets/calibrate_cost.py; ``source`` is then
+    ``"roofline+calibrated"``). Targets with an ``[fpga]`` table add the FINN-R columns
+    ``w_bits``, ``a_bits``, ``mac_units``, ``luts``, ``dsps``, ``cycles`` and take ``est_us`` from
+    the cycles at the design clock (``source = "finn-r"``). Every number is an estimate.
+    """
+    rows: list[dict[str, Any]] = []
+    fpga = None
+    if "fpga" in getattr(target, "spec", {}):
+        from targets import fpga_cost
+
+        fpga = fpga_cost.estimate(model, target)
+    efficiency = None
+    if calibrated and fpga is None:
+        from targets import calibrate_cost
+
+        efficiency = calibrate_cost.load_calibration(target)
+    nodes = list(model.graph)
+    for index, cost in enumerate(RooflineCostModel(target).estimate_nodes(model)):
+        row: dict[str, Any] = {
+            "node": cost.name,
+            "op": cost.op_type,
+            "precision": cost.precision,
+            "macs": cost.macs,
+            "bytes": cost.bytes,
+            "compute_us": cost.compute_seconds * 1e6,
+            "memory_us": cost.memory_seconds * 1e6,
+            "est_us": cost.seconds * 1e6,
+            "bound": cost.bound,
+            "source": "estimate (roofline)",
+        }
+        if efficiency is not None and cost.launches_kernel:
+            factor = efficiency.factor_for(nodes[index])
+            row["efficiency"] = factor
+            row["est_us"] = cost.seconds * 1e6 * factor
+            row["source"] = "estimate (roofline, calibrated)"
+        if fpga is not None:
+            layer = fpga.layers[index]
+            row.update(
+                w_bits=layer.weight_bits, a_bits=layer.activation_bits, mac_units=layer.mac_units,
+                luts=layer.luts, dsps=layer.dsps, cycles=layer.cycles,
+                est_us=layer.cycles / fpga.clock_mhz, source="estimate (finn-r)",
+            )
+        rows.append(row)
+    return rows

@@ -1,7 +1,17 @@
 """``lower_model``: ONNX model + Target -> compiled library in an output directory.
 
 This module only sequences the steps (target resolution, import, build, export) and gathers
-their timings and notes; each step lives in its own module.
+their timings and notes; each step lives in its own module. The build depends on the TVM target's
+kind:
+
+    llvm  (cpu, rpi4)           build.py: CPU schedule rules; a .so, cross-linked for boards
+    cuda  (jetson-*, gpu)       cuda.py: TVM's GPU pipeline, kernels compiled by nvcc for sm_XX
+    c     (fpga)                hls.py: C source of every kernel in a tar, for an HLS flow
+
+Cross targets check their toolchain first (cross.py): a missing cross compiler raises
+ToolchainMissingError (a LoweringError naming the Debian package) before any TVM work. After
+export the artifact's format is read back from its bytes (ELF machine, CUDA fatbin arch) and
+recorded in ``LoweringResult.artifact``.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import onnx
 
 from compiler.errors import OptionError
 from targets.lowering import build as build_step
-from targets.lowering import importer, tvm_target
+from targets.lowering import cross, importer, tvm_target
 from targets.lowering.errors import lowering_step
 from targets.registry import Target
 
@@ -34,6 +44,10 @@ class LoweringResult:
         notes: decisions taken while lowering, in words (for the report).
         input_names / output_names: graph inputs and outputs in graph order; pass ``input_names``
             to :func:`targets.lowering.load_library`.
+        artifact: the artifact's format as read back from the written file: ``format`` (``elf``
+            or ``c-source-tar``), ``machine`` (ELF e_machine: ``x86_64``, ``aarch64``), ``cuda``
+            (``[[kind, sm_XX], ...]`` of embedded fatbins; empty when CUDA shipped as source),
+            ``files`` (tar members).
     """
 
     library_file: str
@@ -44,6 +58,7 @@ class LoweringResult:
     notes: list[str]
     input_names: list[str] = dataclasses.field(default_factory=list)
     output_names: list[str] = dataclasses.field(default_factory=list)
+    artifact: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _library_name(target: Target, library_name: str) -> str:
@@ -76,23 +91,45 @@ def lower_model(
 
     with lowering_step("target resolution", target.name):
         resolved, notes = tvm_target.resolve(target)
+    # Cheap checks first, so a missing toolchain or a float graph fails before TVM works.
+    cross.check_integer_only(model_proto, target)
+    cross.require_cross_compiler(target)
 
     start = time.perf_counter()
     mod = importer.import_onnx(model_proto, input_shapes)
     seconds["import"] = time.perf_counter() - start
 
-    records = None
-    if tuning_records is not None:
-        from targets.lowering import tuning
-
-        records = tuning.find_records(Path(tuning_records), resolved, notes)
-        if records is None:
-            notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
-    built = build_step.build(mod, resolved, records)
-    seconds["build"] = built.seconds
-
+    kind = str(resolved.kind.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds["export"] = build_step.export(built.executable, out_dir / file_name, target.cross_compiler)
+    path = out_dir / file_name
+    if kind == "c":
+        from targets.lowering import hls
+
+        if target.export_format != "tar":
+            raise OptionError(f"target '{target.name}': the C target exports C source, so export_format must be tar")
+        built, kernels = hls.build(mod, resolved)
+        seconds["build"] = built.seconds
+        seconds["export"] = hls.export(built.executable, path, kernels)
+        artifact = _read_back_tar(path)
+        notes.append(f"C source for an HLS flow: {len(kernels)} kernels with plain loop nests (see HOST_DRIVER.txt in {file_name})")
+    else:
+        if kind == "cuda":
+            from targets.lowering import cuda
+
+            built, cuda_notes = cuda.build(mod, resolved)
+            notes += cuda_notes
+        else:
+            records = None
+            if tuning_records is not None:
+                from targets.lowering import tuning
+
+                records = tuning.find_records(Path(tuning_records), resolved, notes)
+                if records is None:
+                    notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
+            built = build_step.build(mod, resolved, records)
+        seconds["build"] = built.seconds
+        seconds["export"] = build_step.export(built.executable, path, target.cross_compiler)
+        artifact = _read_back_library(path, target, kind, resolved, notes)
 
     report = built.schedule_report
     if report.unscheduled:
@@ -110,4 +147,40 @@ def lower_model(
         notes=notes,
         input_names=[value.name for value in importer.graph_inputs(model_proto)],
         output_names=[value.name for value in model_proto.graph.output],
+        artifact=artifact,
     )
+
+
+def _host_triple(target: Target, resolved) -> str | None:
+    """The triple the library's host code is for: the spec's, else the TVM target's (host) mtriple."""
+    if target.host_triple:
+        return target.host_triple
+    host = resolved.host if resolved.host is not None else resolved
+    triple = host.attrs.get("mtriple") if host.attrs is not None else None
+    return str(triple) if triple else None
+
+
+def _read_back_library(path: Path, target: Target, kind: str, resolved, notes: list[str]) -> dict[str, Any]:
+    """Check the exported ``.so``'s ELF machine (and CUDA fatbin arch); the format for the report."""
+    artifact: dict[str, Any] = {"format": "elf" if path.suffix == ".so" else path.suffix.lstrip(".")}
+    if path.suffix == ".so":
+        artifact["machine"] = cross.check_elf(path, _host_triple(target, resolved))
+    if kind == "cuda":
+        fatbins = cross.fatbin_archs(path.read_bytes()) if path.suffix == ".so" else []
+        artifact["cuda"] = [list(entry) for entry in fatbins]
+        arch = str(resolved.attrs.get("arch", ""))
+        if fatbins and not any(sm == arch or arch.startswith(sm) for _, sm in fatbins):
+            from compiler.errors import LoweringError
+
+            raise LoweringError(f"exported '{path.name}' holds CUDA code for {sorted({sm for _, sm in fatbins})}, expected {arch}")
+        if not fatbins:
+            notes.append("the library holds CUDA C source, no compiled kernels: the board's driver must compile it")
+    return artifact
+
+
+def _read_back_tar(path: Path) -> dict[str, Any]:
+    """Members of the exported tar (the C sources and the driver note)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {"format": "c-source-tar", "files": sorted(tar.getnames())}

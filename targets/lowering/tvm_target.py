@@ -93,3 +93,21 @@ def to_json(value: Any) -> Any:
 def export(tvm_target: tvm.target.Target) -> dict[str, Any]:
     """The fully resolved target as a JSON dict (recorded in reports and the manifest)."""
     return to_json(tvm_target.export())
+
+
+def tag_as_dict(tag: str) -> dict[str, Any]:
+    """The JSON dict of TVM tag ``tag`` (so a key such as ``arch`` can be overridden).
+
+    ``Target.export()`` also returns bookkeeping keys (``tag``, ``keys``) that the constructor
+    re-derives; they are dropped. Raises OptionError for an unknown tag.
+    """
+    if tag not in tvm.target.list_tags():
+        raise OptionError(f"unknown TVM target tag '{tag}'")
+    exported = export(tvm.target.Target(tag))
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in ("tag", "keys")}
+        return value
+
+    return clean(exported)

@@ -38,3 +38,11 @@ def test_bad_compression_options(tmp_path, capsys, option, value, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_estimate_only_prints_table_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(EXAMPLE), "--estimate-only", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "ConvInteger" in out and "total (estimate" in out
+    assert not list(tmp_path.iterdir())

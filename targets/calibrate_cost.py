@@ -1,0 +1,392 @@
+"""Calibrate the roofline cost model from per-layer latencies measured on a device.
+
+Measure (:func:`measure_layers`): the model is lowered for the target and run by the Relax VM with
+an instrument callback (TVM 0.27 has no VM profiler any more) that times every kernel call with
+``perf_counter``; the median over ``repeats`` runs is kept per call. Only the host can be measured
+this way; a board would run the same callback behind the TVM RPC runner (not wired here).
+
+Map kernels to ONNX nodes (:func:`group_nodes`, approximate): TVM fuses an operator with the
+element-wise operators that consume its output, and drops the ONNX names. So the ONNX nodes (in
+topological order) are grouped the way FuseOps groups them: an anchor (Conv/Gemm/MatMul, a pool
+or reduction) opens a group; an element-wise node joins the group of a producer whose output it
+alone consumes (Relu after Conv, a residual Add after the block's last Conv); views (Reshape,
+Flatten...) open no kernel. Kernels and groups are then paired in order within each family
+(``conv``, ``dense``, ``pool``, ``eltwise``), the family of a kernel coming from its fused name
+(``fused_conv2d_add_relu`` -> conv). Kernels that match nothing (layout copies, weight packing) are
+left out and counted. A group's prediction is the sum of its nodes' roofline estimates.
+
+Fit (:func:`fit_factors`): one efficiency factor per op family (``conv_kxk``, ``conv_1x1``,
+``conv_depthwise``, ``dense``, ``pool``, ``eltwise``), ``measured ~= factor * roofline``, by least
+squares in log space: ``log f = mean(log(measured / predicted))`` over the family's layers (the
+geometric-mean ratio, so one slow layer does not dominate). Families never measured use the
+geometric mean of all ratios.
+
+The record (:class:`Calibration`) is saved as JSON under
+``$XDG_CACHE_HOME/edgekiln/cost-calibration/<target>.json`` (``~/.cache`` by default) and loaded by
+:func:`targets.cost_model.estimate_table`. Estimates stay labelled as estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import OptionError
+from compiler.ir import Model, Node, is_constant
+from targets.cost_model import RooflineCostModel, node_label
+from targets.registry import Target, get_target
+
+FAMILIES = ("conv_kxk", "conv_1x1", "conv_depthwise", "dense", "pool", "eltwise")
+_CONV = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose"}
+_DENSE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
+_POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum",
+         "ReduceMax", "Softmax", "LogSoftmax", "LayerNormalization"}
+_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size", "Constant", "Dropout"}
+SCHEMA = 1
+
+
+def op_family(node: Node) -> str:
+    """The efficiency family of ``node`` (see the module docstring); views are ``"view"``."""
+    op = node.op_type
+    if op in _CONV:
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        group = node.attributes.get("group")
+        groups = group.as_int() if group is not None else 1
+        shape = weight.shape if weight is not None else None
+        if groups > 1 and shape is not None and len(shape) > 1 and shape[1] == 1:
+            return "conv_depthwise"
+        if shape is not None and len(shape) > 2 and all(d == 1 for d in list(shape)[2:]):
+            return "conv_1x1"
+        return "conv_kxk"
+    if op in _DENSE:
+        return "dense"
+    if op in _POOL:
+        return "pool"
+    if op in _VIEWS:
+        return "view"
+    return "eltwise"
+
+
+def _coarse(family: str) -> str:
+    return "conv" if family.startswith("conv") else family
+
+
+def kernel_family(name: str) -> str:
+    """Coarse family of a fused TVM kernel from its name (``fused_conv2d_add_relu`` -> conv)."""
+    tokens = name.lower()
+    if "conv" in tokens:
+        return "conv"
+    if "matmul" in tokens or "dense" in tokens:
+        return "dense"
+    if any(t in tokens for t in ("pool", "mean", "sum", "softmax", "max", "layer_norm")) and "maximum" not in tokens:
+        return "pool"
+    return "eltwise"
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration record
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Calibration:
+    """Fitted efficiency factors for one target: ``measured ~= factor[family] * roofline``."""
+
+    target: str
+    factors: dict[str, float]
+    default: float
+    fitted_on: list[str] = dataclasses.field(default_factory=list)
+    layers: int = 0
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def factor_for(self, node: Node) -> float:
+        return self.factors.get(op_family(node), self.default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"calibration schema {data.get('schema')} != {SCHEMA}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def calibration_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekiln" / "cost-calibration"
+
+
+def calibration_path(target: Target | str) -> Path:
+    name = target if isinstance(target, str) else target.name
+    return calibration_dir() / f"{name}.json"
+
+
+def save_calibration(calibration: Calibration, path: Path | None = None) -> Path:
+    """Write the record (atomically) and return its path."""
+    path = Path(path) if path is not None else calibration_path(calibration.target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(calibration.to_json(), indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_calibration(target: Target | str, path: Path | None = None) -> Calibration | None:
+    """The saved record for ``target``, or None when there is none or it is unreadable (stale
+    schema, damaged file): an uncalibrated estimate is better than a failed compile."""
+    path = Path(path) if path is not None else calibration_path(target)
+    try:
+        calibration = Calibration.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    name = target if isinstance(target, str) else target.name
+    return calibration if calibration.target == name else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Grouping ONNX nodes like FuseOps, and pairing groups with measured kernels
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LayerGroup:
+    """ONNX nodes that TVM runs as one kernel; ``family`` is the anchor's (or ``eltwise``)."""
+
+    nodes: list[str]
+    family: str
+    predicted_s: float = 0.0
+
+
+@dataclasses.dataclass
+class LayerSample:
+    """One measured kernel paired with its ONNX node group."""
+
+    kernel: str
+    nodes: list[str]
+    family: str
+    predicted_s: float
+    measured_s: float
+
+
+def group_nodes(model: Model, cost_model: RooflineCostModel) -> list[LayerGroup]:
+    """ONNX nodes (topological order) grouped the way TVM's FuseOps fuses them (approximate)."""
+    consumers: dict[int, int] = {}
+    for node in model.graph:
+        for value in node.inputs:
+            if value is not None:
+                consumers[id(value)] = consumers.get(id(value), 0) + 1
+    graph_outputs = {id(v) for v in model.graph.outputs}
+    estimates = {c.name: c.seconds for c in cost_model.estimate_nodes(model)}
+    groups: list[LayerGroup] = []
+    group_of: dict[int, LayerGroup] = {}  # id(value) -> group that produced it
+    for index, node in enumerate(model.graph):
+        label = node_label(node, index)
+        family = op_family(node)
+        if family == "view":
+            for out in node.outputs:  # a view passes its input's group through (no kernel)
+                source = node.inputs[0] if node.inputs else None
+                if source is not None and id(source) in group_of:
+                    group_of[id(out)] = group_of[id(source)]
+            continue
+        target_group = None
+        if family == "eltwise":
+            for value in node.inputs:
+                if value is None or is_constant(value) or id(value) not in group_of:
+                    continue
+                producer = group_of[id(value)]
+                if consumers.get(id(value), 0) == 1 and id(value) not in graph_outputs and producer.family != "pool":
+                    target_group = producer
+                    break
+        if target_group is None:
+            target_group = LayerGroup([], family)
+            groups.append(target_group)
+        target_group.nodes.append(label)
+        target_group.predicted_s += estimates.get(label, 0.0)
+        for out in node.outputs:
+            group_of[id(out)] = target_group
+    return groups
+
+
+def pair_kernels(groups: Sequence[LayerGroup], kernels: Sequence[tuple[str, float]]) -> tuple[list[LayerSample], int]:
+    """Pair kernels (name, seconds; execution order) with groups, in order within each coarse
+    family. Returns the samples and the number of kernels left unpaired."""
+    by_family: dict[str, list[LayerGroup]] = {}
+    for group in groups:
+        by_family.setdefault(_coarse(group.family), []).append(group)
+    cursor = {family: 0 for family in by_family}
+    samples, unpaired = [], 0
+    for name, seconds in kernels:
+        family = kernel_family(name)
+        queue = by_family.get(family, [])
+        if cursor.get(family, 0) >= len(queue):
+            unpaired += 1
+            continue
+        group = queue[cursor[family]]
+        cursor[family] += 1
+        if group.predicted_s > 0:
+            samples.append(LayerSample(name, group.nodes, group.family, group.predicted_s, seconds))
+    return samples, unpaired
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring on the host
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Measurement:
+    """Per-kernel medians (execution order) and the whole-model median, in seconds."""
+
+    kernels: list[tuple[str, float]]
+    total_s: float
+    lowering_s: float
+
+
+def prepare_model(path: str | os.PathLike, target: Target) -> Model:
+    """Load ``path`` and run the ``canonicalize`` passes (BatchNorm folding etc.), as compile does."""
+    from compiler.context import CompileContext
+    from compiler.frontend import FRONTEND_FACTS, load_and_prepare
+    from compiler.pipeline import Pipeline
+
+    model, _ = load_and_prepare(path)
+    model, _ = Pipeline.parse("canonicalize").run(model, CompileContext(target=target), initial_facts=FRONTEND_FACTS)
+    return model
+
+
+def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10, seed: int = 0) -> Measurement:
+    """Lower ``model`` for ``target`` (it must run here) and time every kernel call.
+
+    Raises OptionError for a target whose artifacts do not run on this machine.
+    """
+    import tvm
+    from tvm import relax
+
+    from compiler.ir import to_proto
+    from compiler.verify import random_feeds
+    from targets.lowering import lower_model
+
+    target = get_target(target)
+    if not target.runs_locally:
+        raise OptionError(f"target '{target.name}' does not run here; measure it on the board through TVM RPC")
+    proto = to_proto(model)
+    feeds = random_feeds(model, None, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = lower_model(proto, target, {}, Path(tmp))
+        lowering_s = time.perf_counter() - start
+        module = tvm.runtime.load_module(str(Path(tmp) / result.library_file))
+    vm = relax.VirtualMachine(module, tvm.cpu())
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), tvm.cpu()) for name in result.input_names]
+    vm["main"](*args)  # warm-up: first-call allocation and page faults are not layer time
+
+    totals = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        vm["main"](*args)
+        totals.append(time.perf_counter() - start)
+
+    runs: list[list[tuple[str, float]]] = []
+    state: dict[str, float] = {}
+
+    def instrument(func, symbol, before_run, ret_value, *call_args):  # noqa: ARG001 - VM signature
+        now = time.perf_counter()
+        if before_run:
+            state["start"] = now
+        elif not str(symbol).startswith("vm.builtin"):
+            runs[-1].append((str(symbol), now - state["start"]))
+        return 0  # VMInstrumentReturnKind.kNoOp
+
+    vm.set_instrument(instrument)
+    for _ in range(repeats):
+        runs.append([])
+        vm["main"](*args)
+    names = [name for name, _ in runs[0]]
+    medians = [(name, statistics.median(run[i][1] for run in runs)) for i, name in enumerate(names)]
+    return Measurement(medians, statistics.median(totals), lowering_s)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitting and scoring
+# ------------------------------------------------------------------------------------------------
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than 3 pairs."""
+    if len(a) != len(b):
+        raise ValueError("spearman: sequences differ in length")
+    if len(a) < 3:
+        return float("nan")
+
+    def ranks(values: Sequence[float]) -> np.ndarray:
+        array = np.asarray(values, dtype=float)
+        order = np.argsort(array, kind="mergesort")
+        out = np.empty(len(array))
+        out[order] = np.arange(len(array), dtype=float)
+        for value in np.unique(array):  # ties share their mean rank
+            mask = array == value
+            if mask.sum() > 1:
+                out[mask] = out[mask].mean()
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def fit_factors(samples: Iterable[LayerSample]) -> tuple[dict[str, float], float]:
+    """Per-family factors by least squares in log space, and the overall default factor."""
+    logs: dict[str, list[float]] = {}
+    everything: list[float] = []
+    for sample in samples:
+        ratio = math.log(sample.measured_s / sample.predicted_s)
+        logs.setdefault(sample.family, []).append(ratio)
+        everything.append(ratio)
+    if not everything:
+        raise OptionError("calibration: no kernel could be paired with an ONNX node")
+    factors = {family: math.exp(sum(v) / len(v)) for family, v in sorted(logs.items())}
+    return factors, math.exp(sum(everything) / len(everything))
+
+
+def score(samples: Sequence[LayerSample], factors: dict[str, float] | None = None, default: float = 1.0) -> dict[str, float]:
+    """Spearman and summed-time error of predictions (calibrated when ``factors`` is given)."""
+    predicted = [s.predicted_s * ((factors or {}).get(s.family, default) if factors is not None else 1.0) for s in samples]
+    measured = [s.measured_s for s in samples]
+    total_p, total_m = sum(predicted), sum(measured)
+    return {
+        "spearman": spearman(predicted, measured),
+        "predicted_ms": total_p * 1e3,
+        "measured_ms": total_m * 1e3,
+        "total_error": (total_p - total_m) / total_m if total_m else float("nan"),
+    }
+
+
+def collect_samples(model: Model, target: Target | str = "cpu", repeats: int = 10) -> tuple[list[LayerSample], dict[str, Any]]:
+    """Measure ``model`` on ``target`` and pair kernels with node groups; info on the pairing."""
+    target = get_target(target)
+    measurement = measure_layers(model, target, repeats)
+    groups = group_nodes(model, RooflineCostModel(target))
+    samples, unpaired = pair_kernels(groups, measurement.kernels)
+    info = {
+        "kernels": len(measurement.kernels),
+        "paired": len(samples),
+        "unpaired_kernels": unpaired,
+        "groups": len(groups),
+        "measured_model_ms": measurement.total_s * 1e3,
+        "kernel_sum_ms": sum(s for _, s in measurement.kernels) * 1e3,
+        "lowering_s": measurement.lowering_s,
+    }
+    return samples, info
+
+
+def calibrate(samples_by_model: dict[str, list[LayerSample]], target: Target | str = "cpu") -> Calibration:
+    """Fit one record from the samples of several models (all pooled)."""
+    from targets.lowering import versions
+
+    target = get_target(target)
+    pooled = [s for samples in samples_by_model.values() for s in samples]
+    factors, default = fit_factors(pooled)
+    return Calibration(target.name, factors, default, sorted(samples_by_model), len(pooled), versions())
