@@ -134,9 +134,11 @@ from passes.quantize import (  # noqa: E402  (imports register the passes; the d
     ibert,
     integer,
     layers,
+    mixed,
     observers,
     qdq,
     qparams,
+    sensitivity,
 )
 
-__all__ = ["bias_correction", "calibrate", "emit", "ibert", "integer", "layers", "observers", "qdq", "qparams"]
+__all__ = ["bias_correction", "calibrate", "emit", "ibert", "integer", "layers", "mixed", "observers", "qdq", "qparams", "sensitivity"]

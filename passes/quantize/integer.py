@@ -73,7 +73,17 @@ from passes.quantize.qparams import (
 )
 from passes.quantize.layers import single_consumer
 
-__all__ = ["QuantizeIntegerPass", "check_quantize_options", "island_reason", "label", "prepare_graph"]
+__all__ = ["BITS_MAP_KEY", "QUANT_MAP_KEY", "QuantizeIntegerPass", "check_quantize_options", "island_reason", "label", "layer_bit_map", "prepare_graph"]
+
+#: Model metadata key through which ``mixed-precision`` hands its per-layer choices to ``quantize``:
+#: a JSON object ``{node name: 8 | 4 | "float"}``. ``quantize`` reads it (its ``bits_map`` option
+#: wins per layer) and removes it from the model it rewrites.
+BITS_MAP_KEY = "edgekiln.quantize.bits_map"
+
+#: Model metadata key where ``quantize`` records, for the accuracy report (``compiler.quant_report``),
+#: which 8-bit tensor stands for which original float tensor: a JSON object
+#: ``{original tensor name: [quantized tensor name, scale, zero point]}``.
+QUANT_MAP_KEY = "edgekiln.quant_map"
 
 PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split", "Slice", "Gather")
 _ACT_DTYPES = {"uint8": DataType.UINT8, "int8": DataType.INT8}
@@ -117,6 +127,45 @@ def check_quantize_options(bits: int, observer: str, percentile: float, activati
     target = ctx.target
     if target is not None and not target.precisions.get("int8", False):
         raise ValueError(f"target '{getattr(target, 'name', target)}' does not list int8 in its precisions")
+
+
+def layer_bit_map(model: Model, bits_map: tuple[str, ...] = ()) -> tuple[dict[str, int], set[str], str]:
+    """Per-layer weight bits: the model's ``BITS_MAP_KEY`` metadata, then ``bits_map`` entries
+    ``name@8`` / ``name@4`` / ``name@float`` over it. Returns ``(bits by node name, node names kept
+    float, where the map came from)``.
+
+    Raises:
+        ValueError: a malformed entry or a bit width other than 8, 4 or float.
+    """
+    import json
+
+    entries: dict[str, str] = {}
+    source = []
+    text = model.metadata_props.get(BITS_MAP_KEY) if model.metadata_props else None
+    if text:
+        try:
+            entries.update({str(k): str(v) for k, v in json.loads(text).items()})
+        except (ValueError, AttributeError):
+            raise ValueError(f"model metadata '{BITS_MAP_KEY}' is not a JSON object of node name -> bits") from None
+        source.append("model metadata (mixed-precision)")
+    for item in bits_map:
+        name, sep, value = item.rpartition("@")
+        if not sep or not name:
+            raise ValueError(f"option bits_map: entry '{item}' needs the form name@bits (bits 8, 4 or float)")
+        entries[name] = value
+    if bits_map:
+        source.append("option bits_map")
+    bits: dict[str, int] = {}
+    floats: set[str] = set()
+    for name, value in entries.items():
+        value = value.strip().lower()
+        if value in ("float", "fp32", "32"):
+            floats.add(name)
+        elif value in ("8", "4"):
+            bits[name] = int(value)
+        else:
+            raise ValueError(f"bits map: layer '{name}' has bits '{value}'; expected 8, 4 or float")
+    return bits, floats, " and ".join(source)
 
 
 def prepare_graph(model: Model, emit: Emitter) -> tuple[set[int], list[Value]]:
@@ -176,6 +225,10 @@ class _IntegerRewrite:
                       "integer_scales": 0, "integer_embeddings": 0, "integer_gelus": 0, "integer_softmaxes": 0,
                       "integer_layer_norms": 0, "islands": 0}
         self.island_ops: list[str] = []
+        self.layer_bits, self.float_layers, source = layer_bit_map(model, opts.bits_map)
+        if source:
+            self.notes.append(f"per-layer weight bits from {source}: {len(self.layer_bits)} integer layers mapped, "
+                              f"{len(self.float_layers)} kept float")
 
     # -- setup -------------------------------------------------------------------------------------
     def run(self) -> PassResult:
@@ -198,6 +251,7 @@ class _IntegerRewrite:
         )
 
         original = list(graph)
+        names = {id(v): v.name for v in dyn_float}  # before finish_outputs renames graph outputs
         for value in graph.inputs:
             if id(value) in self.dynamic and value.dtype in FLOAT_TYPES and value.uses():
                 self.qmap[id(value)] = _Q(self.emit.quantize_linear(value, self.qparams(value), f"{value.name}_q"), self.qparams(value))
@@ -210,8 +264,20 @@ class _IntegerRewrite:
         self.finish_outputs()
         self.emit.flush_at_end()
         self.cleanup()
+        self.record_quant_map(names)
+        if self.model.metadata_props and BITS_MAP_KEY in self.model.metadata_props:
+            del self.model.metadata_props[BITS_MAP_KEY]  # consumed: the integer graph carries the bits
         self.stats["islands"] = len(self.island_ops)
         return PassResult(self.model, True, self.stats, self.notes)
+
+    def record_quant_map(self, names: dict[int, str]) -> None:
+        """Write ``QUANT_MAP_KEY``: each original float tensor with an 8-bit stand-in left in the graph."""
+        import json
+
+        present = {v.name for v in self.graph.inputs} | {v.name for n in self.graph for v in n.outputs}
+        record = {names[key]: [q.value.name, float(q.qp.scale), int(q.qp.zero_point)]
+                  for key, q in self.qmap.items() if key in names and q.value.name in present}
+        self.model.metadata_props[QUANT_MAP_KEY] = json.dumps(record, sort_keys=True)
 
     def qparams(self, value: Value) -> ActivationQParams:
         lo, hi = self.ranges[value.name]
@@ -246,6 +312,8 @@ class _IntegerRewrite:
             return  # constants-only or integer-only (e.g. shape arithmetic): untouched
         if node.name and node.name in self.opts.exclude:
             return self.island(node, "excluded by the 'exclude' option")
+        if node.name and node.name in self.float_layers:
+            return self.island(node, "kept float by the per-layer bit map")
         if is_onnx(node, "Shape", "Size"):
             value = node.inputs[0]
             node.replace_input_with(0, self.qmap[id(value)].value if id(value) in self.qmap else self.float_of(value))
@@ -325,7 +393,8 @@ class _IntegerRewrite:
         xq = self.quant_of(layer.x)
         out, lo, hi, folded = self._clamp(layer.output)
         qp_out = self.qparams(out)
-        w_q, w_scales = quantize_weight(layer.weight, layer.weight_axis, self.opts.bits)
+        bits = self.layer_bits.get(node.name, self.opts.bits) if node.name else self.opts.bits
+        w_q, w_scales = quantize_weight(layer.weight, layer.weight_axis, bits)
         bias = layer.bias if layer.bias is not None else np.zeros(layer.channels)
         note = ""
         if self.opts.bias_correction:
@@ -355,7 +424,7 @@ class _IntegerRewrite:
         self.stats["integer_layers"] += 1
         fused = "".join(f" + {n.op_type}" for n in nodes[1:])
         self.notes.append(
-            f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{self.opts.bits} "
+            f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{bits} "
             f"x {layer.channels} channels, dyadic shifts {int(s.min())}..{int(s.max())}{note}"
         )
 
@@ -633,6 +702,9 @@ class QuantizeIntegerPass(Pass):
         activations: ``uint8`` (asymmetric, default) or ``int8`` (symmetric).
         bias_correction: add (W - W_dq) E[x] to each layer's bias (see ``bias_correction``).
         exclude: node names kept float (as islands), e.g. a sensitive first or last layer.
+        bits_map: per-layer weight bits, entries ``name@8`` / ``name@4`` / ``name@float``
+            (``quantize{bits_map=conv1@4:fc@8}``); overrides ``bits`` for those layers and the
+            ``BITS_MAP_KEY`` model metadata that ``mixed-precision`` writes (read, then removed).
 
     Needs: CONSTANTS_LIFTED (weights are initializers), BN_FOLDED (BN would be an island),
         SHAPES_INFERRED (dtypes of activations, static pool sizes).
@@ -661,7 +733,9 @@ class QuantizeIntegerPass(Pass):
     activations: str = "uint8"
     bias_correction: bool = False
     exclude: tuple[str, ...] = ()
+    bits_map: tuple[str, ...] = ()
 
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
         check_quantize_options(self.bits, self.observer, self.percentile, self.activations, ctx)
+        layer_bit_map(model, self.bits_map)  # reject a malformed map before any work
         return _IntegerRewrite(model, self, ctx).run()
