@@ -338,6 +338,8 @@ def compile_model(
     integer_only = bool(integer_records) and islands == 0
     integer_check: dict[str, Any] | None = None
 
+    quantization = _quantization_summary(original, ir_model, verify_feeds) if integer_records else None
+
     with atomic_output_dir(out_dir, force) as tmp:
         save_model(ir_model, tmp / "model.opt.onnx")
         (tmp / "pipeline.txt").write_text(str(pipeline) + "\n")
@@ -416,6 +418,7 @@ def compile_model(
                 else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
             },
             "accuracy": accuracy,
+            "quantization": quantization,
             "unscheduled_functions": lowering["unscheduled"] if lowering else None,
         }
         pass_dicts = []
@@ -452,6 +455,19 @@ def compile_model(
         bar.stage("done")
     bar.close()
     return CompileResult(out_dir, report)
+
+
+def _quantization_summary(original: Model, quantized: Model, feeds_list: list[Feeds]) -> dict[str, Any]:
+    """Per-layer SQNR (worst first) and output agreement with fp32, for the report."""
+    from compiler.quant_report import layer_sqnr, output_agreement
+
+    rows = layer_sqnr(original, quantized, feeds_list)
+    for row in rows:  # JSON has no inf: an exact layer is reported as null / "exact"
+        if row["sqnr_db"] == float("inf"):
+            row["sqnr_db"] = None
+    agreement = output_agreement(original, quantized, feeds_list)
+    agreement.pop("outputs", None)
+    return {"layers": rows, "output_agreement": agreement, "feeds": len(feeds_list)}
 
 
 def _tuning_records(model_proto, target, shapes, tune: int, records, timings: dict[str, Any]) -> Path | None:

@@ -700,6 +700,26 @@ def _run_rows(run: Mapping[str, Any]) -> dict[str, Any]:
     return rows
 
 
+def _sqnr_table(quantization: Mapping[str, Any]) -> str:
+    """Per-layer SQNR of the quantized model (worst first) and how its outputs agree with fp32."""
+    agreement = quantization.get("output_agreement") or {}
+    head = (
+        f'<p class="muted">Output vs fp32 on the verification inputs: top-1 agreement '
+        f"{_e(agreement.get('top1_agreement'))}, cosine {_e(agreement.get('cosine'))}, max abs "
+        f"{_e(agreement.get('max_abs'))}. SQNR = 10 log10(sum x^2 / sum (x - dequant(q))^2); "
+        "the lowest rows are the layers that hurt most.</p>"
+    )
+    def sqnr(value: float | None) -> str:
+        return "exact" if value is None else f"{value:.1f}"
+
+    rows = "".join(
+        f"<tr><td>{_e(r.get('node'))}</td><td>{_e(r.get('op_type'))}</td><td>{_e(', '.join(r.get('fused') or []))}</td>"
+        f'<td class="num">{_e(sqnr(r.get("sqnr_db")))}</td></tr>'
+        for r in quantization.get("layers") or []
+    )
+    return head + f"<table><tr><th>layer</th><th>op</th><th>fused</th><th>SQNR dB</th></tr>{rows}</table>"
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """One self-contained HTML page for ``report`` (no external CSS, JS, fonts or images).
 
@@ -729,6 +749,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Layers</h2>",
         _layer_table(layers),
     ]
+    quantization = _get(report, "summary", "quantization")
+    if quantization:
+        body += ["<h2>Quantization error per layer</h2>", _sqnr_table(quantization)]
     if report.get("lowering") is not None:
         body += ["<h2>Lowering</h2>", _kv_table(report["lowering"])]
     body += [

@@ -32,6 +32,10 @@ def test_digits_int8_is_integer_only_bit_exact_and_accurate(tmp_path):
     fp32 = accuracy["original_onnxruntime"]["top1"]
     assert accuracy["artifact_tvm"]["top1"] == accuracy["optimized_onnxruntime"]["top1"]
     assert (fp32 - accuracy["artifact_tvm"]["top1"]) * 100 <= QUANT_TOP1_DROP_POINTS
+    quantization = report["summary"]["quantization"]
+    assert quantization["output_agreement"]["top1_agreement"] == 1.0
+    assert len(quantization["layers"]) >= 3 and all(r["sqnr_db"] is None or r["sqnr_db"] > 20 for r in quantization["layers"])
+    assert "Quantization error per layer" in (out / "report.html").read_text()
     model = onnx.load(str(out / "model.opt.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"ConvInteger", "MatMulInteger", "BitShift"} <= ops
