@@ -2,7 +2,8 @@
 
 Measure (:func:`measure_layers`): the model is lowered for the target and run by the Relax VM with
 an instrument callback (TVM 0.27 has no VM profiler any more) that times every kernel call with
-``perf_counter``; the median over ``repeats`` runs is kept per call. Only the host can be measured
+``perf_counter``; the median over ``repeats`` runs is kept per call (and for the whole model,
+timed on a second, uninstrumented VM in rounds alternating with the instrumented runs). Only the host can be measured
 this way; a board would run the same callback behind the TVM RPC runner (not wired here).
 
 Map kernels to ONNX nodes (:func:`group_nodes`, approximate): TVM fuses an operator with the
@@ -13,15 +14,35 @@ alone consumes (Relu after Conv, a residual Add after the block's last Conv); vi
 Flatten...) open no kernel. Kernels and groups are then paired in order within each family
 (``conv``, ``dense``, ``pool``, ``eltwise``), the family of a kernel coming from its fused name
 (``fused_conv2d_add_relu`` -> conv). Kernels that match nothing (layout copies, weight packing) are
-left out and counted. A group's prediction is the sum of its nodes' roofline estimates.
+left out and counted. A group's roofline prediction is the sum of its nodes' roofline estimates.
 
-Fit (:func:`fit_factors`): one efficiency factor per op family (``conv_kxk``, ``conv_1x1``,
-``conv_depthwise``, ``dense``, ``pool``, ``eltwise``), ``measured ~= factor * roofline``, by least
-squares in log space: ``log f = mean(log(measured / predicted))`` over the family's layers (the
-geometric-mean ratio, so one slow layer does not dominate). Families never measured use the
-geometric mean of all ratios.
+Features of a group (:func:`group_features`, roofline units in seconds on the target): ``compute``
+= the group's ops / peak, ``activation`` = bytes of the activations that cross the group's boundary
+(inputs read from other groups plus the last node's outputs; intermediates of a fused kernel stay
+in registers and are not counted) / bandwidth, ``weight`` = bytes of its constant inputs / bandwidth,
+and ``overhead`` = 1e-6 (so its coefficient is in microseconds per kernel).
 
-The record (:class:`Calibration`) is saved as JSON under
+Fit (:func:`fit_coefficients`, the model used by the record): per family ``f``::
+
+    t ~= a_f * compute + b_f * activation + w_f * weight + c_f * 1us
+
+with non-negative coefficients, by non-negative least squares on *relative* residuals
+(``(t_pred - t) / t``, so a 30 us kernel counts as much as a 1.5 ms one). The coefficients are the
+pooled fit over all families plus a ridge pull of each family's coefficients toward the pooled ones
+(``prior_weight`` rows, scaled by the pooled values): a family with many layers follows its own
+data, a family with one or two layers stays near the pooled model, and a family never measured
+uses the pooled coefficients. Relative residuals bias the sum low, so all coefficients are then
+multiplied by one factor that makes the summed prediction equal the summed measurement of the
+training layers. Each coefficient reads as an inverse efficiency (``a = 2`` means half the peak;
+``c`` is the per-kernel overhead).
+
+The older fit (:func:`fit_factors`) is kept as a summary and a fallback for records without
+coefficients: one efficiency factor per family, ``measured ~= factor * roofline``, by least squares
+in log space (the geometric-mean ratio). With one factor per family it can only rescale a family,
+so it cannot reorder e.g. ResNet-18's equal-MAC 3x3 convolutions whose times differ by weight size.
+
+The record (:class:`Calibration`, schema 2: coefficients plus factors; schema-1 records, factors
+only, still load) is saved as JSON under
 ``$XDG_CACHE_HOME/edgekiln/cost-calibration/<target>.json`` (``~/.cache`` by default) and loaded by
 :func:`targets.cost_model.estimate_table`. Estimates stay labelled as estimates.
 """
@@ -40,10 +61,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 
 from compiler.errors import OptionError
 from compiler.ir import Model, Node, is_constant
-from targets.cost_model import RooflineCostModel, node_label
+from targets.cost_model import RooflineCostModel, _nbytes, model_work, node_label
 from targets.registry import Target, get_target
 
 FAMILIES = ("conv_kxk", "conv_1x1", "conv_depthwise", "dense", "pool", "eltwise")
@@ -52,7 +74,10 @@ _DENSE = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 _POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum",
          "ReduceMax", "Softmax", "LogSoftmax", "LayerNormalization"}
 _VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size", "Constant", "Dropout"}
-SCHEMA = 1
+SCHEMA = 2
+_READABLE_SCHEMAS = (1, 2)
+FEATURES = ("compute", "activation", "weight", "overhead")
+_OVERHEAD_UNIT_S = 1e-6
 
 
 def op_family(node: Node) -> str:
@@ -98,7 +123,13 @@ def kernel_family(name: str) -> str:
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Calibration:
-    """Fitted efficiency factors for one target: ``measured ~= factor[family] * roofline``."""
+    """A fitted record for one target (an estimate model, fitted on measurements).
+
+    ``coefficients[family]`` (and ``pooled`` for other families): ``[a, b, w, c]`` of
+    ``t ~= a*compute + b*activation + w*weight + c*1us`` over a fused group's :data:`FEATURES`;
+    empty for records from the older fit. ``factors``/``default``: the per-family
+    ``measured / roofline`` ratios (geometric mean), used when there are no coefficients.
+    """
 
     target: str
     factors: dict[str, float]
@@ -106,17 +137,32 @@ class Calibration:
     fitted_on: list[str] = dataclasses.field(default_factory=list)
     layers: int = 0
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    coefficients: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    pooled: list[float] = dataclasses.field(default_factory=list)
 
     def factor_for(self, node: Node) -> float:
         return self.factors.get(op_family(node), self.default)
+
+    @property
+    def has_coefficients(self) -> bool:
+        return bool(self.pooled)
+
+    def coefficients_for(self, family: str) -> list[float]:
+        return self.coefficients.get(family, self.pooled)
+
+    def predict(self, family: str, features: Sequence[float], roofline_s: float = 0.0) -> float:
+        """Seconds of one fused group: the coefficient model, or ``factor * roofline_s`` without one."""
+        if not self.has_coefficients:
+            return self.factors.get(family, self.default) * roofline_s
+        return float(np.dot(self.coefficients_for(family), features))
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **dataclasses.asdict(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibration:
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"calibration schema {data.get('schema')} != {SCHEMA}")
+        if data.get("schema") not in _READABLE_SCHEMAS:
+            raise ValueError(f"calibration schema {data.get('schema')} not in {_READABLE_SCHEMAS}")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
 
@@ -162,17 +208,19 @@ class LayerGroup:
     nodes: list[str]
     family: str
     predicted_s: float = 0.0
+    features: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass
 class LayerSample:
-    """One measured kernel paired with its ONNX node group."""
+    """One measured kernel paired with its ONNX node group (``features``: see :data:`FEATURES`)."""
 
     kernel: str
     nodes: list[str]
     family: str
     predicted_s: float
     measured_s: float
+    features: tuple[float, ...] = ()
 
 
 def group_nodes(model: Model, cost_model: RooflineCostModel) -> list[LayerGroup]:
@@ -211,7 +259,33 @@ def group_nodes(model: Model, cost_model: RooflineCostModel) -> list[LayerGroup]
         target_group.predicted_s += estimates.get(label, 0.0)
         for out in node.outputs:
             group_of[id(out)] = target_group
+    group_features(model, groups, cost_model)
     return groups
+
+
+def group_features(model: Model, groups: Sequence[LayerGroup], cost_model: RooflineCostModel) -> None:
+    """Fill every group's :data:`FEATURES` (seconds at the target's roofline; see the module doc)."""
+    nodes = {node_label(node, i): node for i, node in enumerate(model.graph)}
+    work = {w.name: w for w in model_work(model)}
+    bandwidth = cost_model.memory_bandwidth_gbps * 1e9
+    for group in groups:
+        members = [nodes[label] for label in group.nodes]
+        produced = {id(v) for node in members for v in node.outputs if v is not None}
+        seen: set[int] = set()
+        activation = weight = 0
+        for node in members:
+            for value in node.inputs:
+                if value is None or id(value) in produced or id(value) in seen:
+                    continue
+                seen.add(id(value))
+                size = _nbytes(value) or 0
+                if is_constant(value):
+                    weight += size
+                else:
+                    activation += size
+        activation += sum(_nbytes(v) or 0 for v in members[-1].outputs if v is not None)
+        compute = sum(work[label].ops / cost_model.peak_ops_per_second(work[label].precision) for label in group.nodes)
+        group.features = (compute, activation / bandwidth, weight / bandwidth, _OVERHEAD_UNIT_S)
 
 
 def pair_kernels(groups: Sequence[LayerGroup], kernels: Sequence[tuple[str, float]]) -> tuple[list[LayerSample], int]:
@@ -231,7 +305,7 @@ def pair_kernels(groups: Sequence[LayerGroup], kernels: Sequence[tuple[str, floa
         group = queue[cursor[family]]
         cursor[family] += 1
         if group.predicted_s > 0:
-            samples.append(LayerSample(name, group.nodes, group.family, group.predicted_s, seconds))
+            samples.append(LayerSample(name, group.nodes, group.family, group.predicted_s, seconds, group.features))
     return samples, unpaired
 
 
@@ -258,8 +332,10 @@ def prepare_model(path: str | os.PathLike, target: Target) -> Model:
     return model
 
 
-def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10, seed: int = 0) -> Measurement:
-    """Lower ``model`` for ``target`` (it must run here) and time every kernel call.
+def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10, seed: int = 0,
+                   rounds: int = 3) -> Measurement:
+    """Lower ``model`` for ``target`` (it must run here) and time every kernel call: the median of
+    ``repeats`` runs per kernel and for the whole model, taken in ``rounds`` alternating rounds.
 
     Raises OptionError for a target whose artifacts do not run on this machine.
     """
@@ -280,15 +356,10 @@ def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10
         result = lower_model(proto, target, {}, Path(tmp))
         lowering_s = time.perf_counter() - start
         module = tvm.runtime.load_module(str(Path(tmp) / result.library_file))
-    vm = relax.VirtualMachine(module, tvm.cpu())
+    vm = relax.VirtualMachine(module, tvm.cpu())  # plain: whole-model times
+    timed_vm = relax.VirtualMachine(module, tvm.cpu())  # instrumented: per-kernel times
     args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), tvm.cpu()) for name in result.input_names]
     vm["main"](*args)  # warm-up: first-call allocation and page faults are not layer time
-
-    totals = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vm["main"](*args)
-        totals.append(time.perf_counter() - start)
 
     runs: list[list[tuple[str, float]]] = []
     state: dict[str, float] = {}
@@ -301,10 +372,23 @@ def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10
             runs[-1].append((str(symbol), now - state["start"]))
         return 0  # VMInstrumentReturnKind.kNoOp
 
-    vm.set_instrument(instrument)
-    for _ in range(repeats):
-        runs.append([])
-        vm["main"](*args)
+    timed_vm.set_instrument(instrument)
+    runs.append([])
+    timed_vm["main"](*args)  # warm-up of the instrumented VM, not kept
+    runs.clear()
+    # Whole-model and per-kernel runs alternate in rounds, so a burst of load on this shared machine
+    # lands in both and the medians stay comparable.
+    totals = []
+    rounds = max(1, min(rounds, repeats))
+    for round_index in range(rounds):
+        count = repeats // rounds + (1 if round_index < repeats % rounds else 0)
+        for _ in range(count):
+            start = time.perf_counter()
+            vm["main"](*args)
+            totals.append(time.perf_counter() - start)
+        for _ in range(count):
+            runs.append([])
+            timed_vm["main"](*args)
     names = [name for name, _ in runs[0]]
     medians = [(name, statistics.median(run[i][1] for run in runs)) for i, name in enumerate(names)]
     return Measurement(medians, statistics.median(totals), lowering_s)
@@ -351,9 +435,70 @@ def fit_factors(samples: Iterable[LayerSample]) -> tuple[dict[str, float], float
     return factors, math.exp(sum(everything) / len(everything))
 
 
-def score(samples: Sequence[LayerSample], factors: dict[str, float] | None = None, default: float = 1.0) -> dict[str, float]:
-    """Spearman and summed-time error of predictions (calibrated when ``factors`` is given)."""
-    predicted = [s.predicted_s * ((factors or {}).get(s.family, default) if factors is not None else 1.0) for s in samples]
+def fit_coefficients(
+    samples: Sequence[LayerSample], prior_weight: float = 1.0, match_total: bool = True
+) -> tuple[dict[str, list[float]], list[float]]:
+    """Per-family ``[a, b, w, c]`` and the pooled coefficients (see the module docstring).
+
+    Non-negative least squares on relative residuals; each family's coefficients are pulled toward
+    the pooled ones with weight ``prior_weight`` (0: independent fits); with ``match_total`` all
+    coefficients are scaled so the summed prediction equals the summed measurement.
+
+    Raises:
+        OptionError: no samples, or a sample without features or with a non-positive time.
+    """
+    samples = list(samples)
+    if not samples:
+        raise OptionError("calibration: no kernel could be paired with an ONNX node")
+    if any(len(s.features) != len(FEATURES) or not s.measured_s > 0 for s in samples):
+        raise OptionError(f"calibration: every sample needs {len(FEATURES)} features and a measured time > 0")
+    x = np.array([s.features for s in samples], dtype=float)
+    y = np.array([s.measured_s for s in samples], dtype=float)
+    # Relative residuals: divide each row by its measurement. Columns are scaled to unit norm for
+    # the solver's conditioning (compute ~1e-3 s, overhead 1e-6) and scaled back after.
+    a = x / y[:, None]
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0
+    pooled = nnls(a / norms, np.ones(len(y)))[0] / norms
+    families = sorted({s.family for s in samples})
+    coefficients: dict[str, np.ndarray] = {}
+    for family in families:
+        rows = np.array([s.family == family for s in samples])
+        if prior_weight > 0:
+            # prior rows: prior_weight * (theta_k / pooled_k - 1) = 0 for every used feature k
+            used = pooled > 0
+            prior = np.zeros((int(used.sum()), len(FEATURES)))
+            prior[np.arange(int(used.sum())), np.flatnonzero(used)] = prior_weight / pooled[used]
+            lhs = np.vstack([a[rows], prior])
+            rhs = np.concatenate([np.ones(int(rows.sum())), np.full(int(used.sum()), prior_weight)])
+        else:
+            lhs, rhs = a[rows], np.ones(int(rows.sum()))
+        col = np.linalg.norm(lhs, axis=0)
+        col[col == 0] = 1.0
+        coefficients[family] = nnls(lhs / col, rhs)[0] / col
+    if match_total:
+        predicted = sum(float(coefficients[s.family] @ f) for s, f in zip(samples, x))
+        scale = float(y.sum()) / predicted if predicted > 0 else 1.0
+        pooled = pooled * scale
+        coefficients = {k: v * scale for k, v in coefficients.items()}
+    return {k: [float(c) for c in v] for k, v in coefficients.items()}, [float(c) for c in pooled]
+
+
+def predictions(samples: Sequence[LayerSample], calibration: Calibration | None = None,
+                factors: dict[str, float] | None = None, default: float = 1.0) -> list[float]:
+    """Predicted seconds per sample: the roofline, or scaled by ``factors``, or ``calibration``'s model."""
+    if calibration is not None:
+        return [calibration.predict(s.family, s.features, s.predicted_s) for s in samples]
+    if factors is not None:
+        return [s.predicted_s * factors.get(s.family, default) for s in samples]
+    return [s.predicted_s for s in samples]
+
+
+def score(samples: Sequence[LayerSample], factors: dict[str, float] | None = None, default: float = 1.0,
+          calibration: Calibration | None = None) -> dict[str, float]:
+    """Spearman and summed-time error of predictions: the roofline (nothing given), per-family
+    ``factors``, or a fitted ``calibration`` record (its coefficient model when it has one)."""
+    predicted = predictions(samples, calibration, factors, default)
     measured = [s.measured_s for s in samples]
     total_p, total_m = sum(predicted), sum(measured)
     return {
@@ -382,11 +527,15 @@ def collect_samples(model: Model, target: Target | str = "cpu", repeats: int = 1
     return samples, info
 
 
-def calibrate(samples_by_model: dict[str, list[LayerSample]], target: Target | str = "cpu") -> Calibration:
-    """Fit one record from the samples of several models (all pooled)."""
+def calibrate(samples_by_model: dict[str, list[LayerSample]], target: Target | str = "cpu",
+              prior_weight: float = 1.0) -> Calibration:
+    """Fit one record from the samples of several models (all pooled): the coefficient model
+    (:func:`fit_coefficients`) and, as a summary/fallback, the per-family factors."""
     from targets.lowering import versions
 
     target = get_target(target)
     pooled = [s for samples in samples_by_model.values() for s in samples]
     factors, default = fit_factors(pooled)
-    return Calibration(target.name, factors, default, sorted(samples_by_model), len(pooled), versions())
+    coefficients, pooled_coefficients = fit_coefficients(pooled, prior_weight)
+    return Calibration(target.name, factors, default, sorted(samples_by_model), len(pooled), versions(),
+                       coefficients, pooled_coefficients)

@@ -553,11 +553,19 @@ def estimate_table(model: Model, target: Any, calibrated: bool = True) -> list[d
     """One row per top-level node of ``model``: the estimate on ``target``, ready to print.
 
     Keys: ``node``, ``op``, ``precision``, ``macs``, ``bytes``, ``compute_us``, ``memory_us``,
-    ``est_us``, ``bound``, ``source``; ``efficiency`` when a calibration record for the target is
-    used (``calibrated`` and one was saved by targets/calibrate_cost.py; ``source`` is then
-    ``"roofline+calibrated"``). Targets with an ``[fpga]`` table add the FINN-R columns
-    ``w_bits``, ``a_bits``, ``mac_units``, ``luts``, ``dsps``, ``cycles`` and take ``est_us`` from
-    the cycles at the design clock (``source = "finn-r"``). Every number is an estimate.
+    ``est_us``, ``bound``, ``source``. Without a calibration record (or ``calibrated=False``) the
+    rows are exactly :class:`RooflineCostModel`'s. With a record saved by targets/calibrate_cost.py
+    (``source`` then says ``calibrated``) a row gets ``efficiency`` (calibrated / roofline time):
+
+    - a record with fitted coefficients predicts per fused kernel: the nodes are grouped the way
+      TVM fuses them (:func:`targets.calibrate_cost.group_nodes`), the group's time
+      ``a*compute + b*activation + w*weight + c`` goes on its first node, and the nodes fused into
+      it get ``est_us = 0`` and ``fused_into`` (the first node's name);
+    - an older record (factors only) multiplies each node's roofline time by its family's factor.
+
+    Targets with an ``[fpga]`` table add the FINN-R columns ``w_bits``, ``a_bits``, ``mac_units``,
+    ``luts``, ``dsps``, ``cycles`` and take ``est_us`` from the cycles at the design clock
+    (``source = "finn-r"``). Every number is an estimate.
     """
     rows: list[dict[str, Any]] = []
     fpga = None
@@ -566,12 +574,20 @@ def estimate_table(model: Model, target: Any, calibrated: bool = True) -> list[d
 
         fpga = fpga_cost.estimate(model, target)
     efficiency = None
+    calibrate_cost = None
     if calibrated and fpga is None:
         from targets import calibrate_cost
 
         efficiency = calibrate_cost.load_calibration(target)
+    roofline = RooflineCostModel(target)
+    grouped: dict[str, tuple[float, float, str]] = {}  # node -> (calibrated s, roofline s, first node)
+    if efficiency is not None and efficiency.has_coefficients and calibrate_cost is not None:
+        for group in calibrate_cost.group_nodes(model, roofline):
+            seconds = max(efficiency.predict(group.family, group.features, group.predicted_s), 0.0)
+            for position, name in enumerate(group.nodes):
+                grouped[name] = (seconds if position == 0 else 0.0, group.predicted_s, group.nodes[0])
     nodes = list(model.graph)
-    for index, cost in enumerate(RooflineCostModel(target).estimate_nodes(model)):
+    for index, cost in enumerate(roofline.estimate_nodes(model)):
         row: dict[str, Any] = {
             "node": cost.name,
             "op": cost.op_type,
@@ -585,9 +601,16 @@ def estimate_table(model: Model, target: Any, calibrated: bool = True) -> list[d
             "source": "estimate (roofline)",
         }
         if efficiency is not None and cost.launches_kernel:
-            factor = efficiency.factor_for(nodes[index])
-            row["efficiency"] = factor
-            row["est_us"] = cost.seconds * 1e6 * factor
+            if cost.name in grouped:
+                seconds, group_roofline, first = grouped[cost.name]
+                row["est_us"] = seconds * 1e6
+                row["efficiency"] = seconds / group_roofline if group_roofline > 0 and first == cost.name else 0.0
+                if first != cost.name:
+                    row["fused_into"] = first
+            elif not efficiency.has_coefficients:
+                factor = efficiency.factor_for(nodes[index])
+                row["efficiency"] = factor
+                row["est_us"] = cost.seconds * 1e6 * factor
             row["source"] = "estimate (roofline, calibrated)"
         if fpga is not None:
             layer = fpga.layers[index]

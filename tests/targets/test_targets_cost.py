@@ -127,3 +127,73 @@ def test_measure_layers_pairs_every_conv(tmp_path):
     samples, info = cc.collect_samples(float_model(), "cpu", repeats=2)
     assert info["paired"] == 3 and all(s.measured_s > 0 for s in samples)
     assert [s.family for s in samples] == ["conv_kxk", "conv_depthwise", "conv_1x1"]
+
+
+def _synthetic_samples(truth, seed=0, noise=0.0):
+    """Samples whose times follow ``truth[family] . features`` (optionally times lognormal noise)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for family, coeffs in truth.items():
+        for i in range(12):
+            features = (rng.uniform(1e-5, 2e-3), rng.uniform(1e-5, 5e-4), rng.uniform(0, 5e-4), 1e-6)
+            seconds = float(np.dot(coeffs, features)) * float(np.exp(rng.normal(0, noise)))
+            samples.append(cc.LayerSample(f"k{i}", [f"{family}_{i}"], family, 1e-3, seconds, features))
+    return samples
+
+
+def test_coefficient_fit_recovers_synthetic_coefficients():
+    truth = {"conv_kxk": [1.5, 2.0, 1.2, 20.0], "conv_1x1": [0.8, 3.0, 0.5, 5.0], "pool": [0.0, 1.2, 0.0, 8.0]}
+    samples = _synthetic_samples(truth)
+    coefficients, pooled = cc.fit_coefficients(samples, prior_weight=0.0)  # exact data: independent fits are exact
+    for family, coeffs in truth.items():
+        assert coefficients[family] == pytest.approx(coeffs, rel=1e-6, abs=1e-6)
+    assert all(c >= 0 for c in pooled)
+    # with the pull toward the pooled model and 5% noise: still close, and ranks follow the data
+    noisy = _synthetic_samples(truth, seed=1, noise=0.05)
+    coefficients, pooled = cc.fit_coefficients(noisy, prior_weight=0.1)
+    for family, coeffs in truth.items():
+        assert coefficients[family][0] == pytest.approx(coeffs[0], rel=0.15, abs=0.1)  # compute
+        assert coefficients[family][1] == pytest.approx(coeffs[1], rel=0.25, abs=0.25)  # activation
+    record = cc.Calibration("cpu", {}, 1.0, coefficients=coefficients, pooled=pooled)
+    result = cc.score(noisy, calibration=record)
+    assert result["spearman"] > 0.95 and abs(result["total_error"]) < 1e-9  # match_total: sums agree
+    # a family never measured uses the pooled coefficients
+    assert record.predict("dense", (1e-3, 0, 0, 1e-6)) == pytest.approx(pooled[0] * 1e-3 + pooled[3] * 1e-6)
+    with pytest.raises(Exception, match="features"):
+        cc.fit_coefficients([cc.LayerSample("k", ["n"], "conv_kxk", 1e-3, 1e-3)])
+
+
+def test_coefficient_record_round_trip_and_fused_table(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    target = get_target("cpu")
+    coefficients = {"conv_kxk": [2.0, 1.0, 1.0, 10.0], "conv_depthwise": [1.0, 3.0, 1.0, 5.0]}
+    record = cc.Calibration("cpu", {"conv_kxk": 3.0}, 2.0, ["m"], 3, {"tvm": "x"}, coefficients, [1.0, 1.0, 1.0, 7.0])
+    path = cc.save_calibration(record)
+    loaded = cc.load_calibration(target)
+    assert loaded == record and loaded.has_coefficients
+    assert '"schema": 2' in path.read_text()
+    model = float_model()
+    groups = cc.group_nodes(model, RooflineCostModel(target))
+    rows = estimate_table(model, target)
+    assert [r["node"] for r in rows] == ["Conv_0", "Relu_1", "Conv_2", "Conv_3"]
+    assert rows[1]["est_us"] == 0.0 and rows[1]["fused_into"] == "Conv_0"  # the Relu runs inside the conv kernel
+    for row, group in zip([rows[0], rows[2], rows[3]], groups):
+        expected = float(np.dot(record.coefficients_for(group.family), group.features)) * 1e6
+        assert row["est_us"] == pytest.approx(expected) and "calibrated" in row["source"]
+        assert row["efficiency"] == pytest.approx(expected / (group.predicted_s * 1e6))
+    assert rows[3]["est_us"] == pytest.approx(float(np.dot([1.0, 1.0, 1.0, 7.0], groups[2].features)) * 1e6)  # 1x1: pooled
+    # group features: Conv_0+Relu_1 reads x and writes b (the intermediate a is not traffic), weights W1
+    bandwidth = target.roofline["memory_bandwidth_gbps"] * 1e9
+    compute, activation, weight, overhead = groups[0].features
+    assert activation == pytest.approx((8 * 16 * 16 * 4 * 2) / bandwidth)
+    assert weight == pytest.approx(8 * 8 * 9 * 4 / bandwidth) and overhead == 1e-6
+    assert compute > 0
+    # without calibration the table is the plain roofline
+    raw = estimate_table(model, target, calibrated=False)
+    assert all("efficiency" not in r and r["source"] == "estimate (roofline)" for r in raw)
+    # a schema-1 record (factors only) still loads and scales per node
+    old = record.to_json() | {"schema": 1}
+    del old["coefficients"], old["pooled"]
+    path.write_text(__import__("json").dumps(old))
+    assert not cc.load_calibration(target).has_coefficients
+    assert [r["efficiency"] for r in estimate_table(model, target)] == [3.0, 2.0, 2.0, 2.0]
