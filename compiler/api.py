@@ -73,6 +73,21 @@ def default_pipeline(
     return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)
 
 
+def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None) -> str:
+    """``--budget size=2MB|latency=0.7x|bops=1G`` and ``--max-drop POINTS``: choose per-layer bit
+    widths by the ILP of ``mixed-precision`` before ``quantize``."""
+    if not budgets and max_drop is None:
+        return ""
+    options = []
+    for key, value in (budgets or {}).items():
+        if key not in ("size", "latency", "bops"):
+            raise OptionError(f"--budget {key}={value}: expected size=..., latency=... or bops=...")
+        options.append(f"{key}={value}")
+    if max_drop is not None:
+        options.append(f"max_drop={max_drop}")
+    return ",mixed-precision{" + ",".join(options) + "}"
+
+
 def _compression_spec(prune: float | None, lowrank: str | None) -> str:
     """``--prune RATIO``: cut RATIO of the target's estimated latency by removing channels, with
     least-squares reconstruction. ``--lowrank auto|ENERGY``: factorize Gemm/MatMul/Conv where the
@@ -224,6 +239,8 @@ def compile_model(
     observer: str | None = None,
     prune: float | None = None,
     lowrank: str | None = None,
+    budgets: Mapping[str, str] | None = None,
+    max_drop: float | None = None,
     tune: int = 0,
     tuning_records: str | os.PathLike | None = None,
     seed: int = 0,
@@ -256,6 +273,10 @@ def compile_model(
         prune: remove channels until this fraction of the target's estimated latency is saved.
         lowrank: ``"auto"`` (factorize where the cost model predicts a speed-up) or an energy
             fraction such as ``"0.99"``.
+        budgets: mixed precision: ``{"size": "2MB", "latency": "0.7x", "bops": "1G"}`` (any
+            subset); per-layer bits are chosen by an ILP against the target's cost model.
+        max_drop: mixed precision: allowed top-1 agreement drop vs fp32 in points; layers are
+            raised to 8 bits / float until it holds.
         tune: MetaSchedule trials per task to run before building (0: no tuning); records go to
             ``tuning_records`` or :data:`DEFAULT_RECORDS_DIR` and are used by this build.
         tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
@@ -275,7 +296,7 @@ def compile_model(
     target_obj = get_target(target)
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
-    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
@@ -543,12 +564,15 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     return result
 
 
-def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank) -> Pipeline:
+def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None) -> Pipeline:
     """The user's passes (or the default pipeline) with the compressions asked for appended."""
-    if passes is None:
+    mixed = _mixed_precision_spec(budgets, max_drop)
+    if mixed and quantize is None:
+        raise OptionError("--budget/--max-drop choose bit widths for quantization: add --quantize int8")
+    if passes is None and not mixed:
         return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank))
-    pipeline = _as_pipeline(passes)
-    extra = (_compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)).lstrip(",")
+    pipeline = _as_pipeline(passes if passes is not None else "canonicalize")
+    extra = (_compression_spec(prune, lowrank) + mixed + _quantize_spec(quantize, output_format, observer)).lstrip(",")
     return Pipeline([*pipeline, *Pipeline.parse(extra)]) if extra else pipeline
 
 

@@ -18,6 +18,8 @@ examples:
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
   compile model.onnx --quantize int8 --calib calib.npz
       integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --quantize int8 --budget size=2MB --max-drop 0.5 --calib calib.npz
+      mixed 8/4-bit weights chosen by an ILP under the budget, within the accuracy drop
   compile model.onnx --prune 0.3 --lowrank auto --calib calib.npz
       prune channels and factorize layers where the target's cost model says it pays
   compile model.onnx --tune 32 --tuning-records records/
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     quant = parser.add_argument_group("quantization")
     quant.add_argument("--quantize", choices=["int8", "int4"], help="quantize to an integer-only graph (int8; int4 = 4-bit weights); needs calibration data")
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
+    quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
+    quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
     compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             observer=args.observer,
             prune=args.prune,
             lowrank=args.lowrank,
+            budgets=_parse_budgets(args.budget),
+            max_drop=args.max_drop,
             tune=args.tune,
             tuning_records=args.tuning_records,
             seed=args.seed,
@@ -188,6 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(_summary_line(result))
     return 0
+
+
+def _parse_budgets(items: list[str]) -> dict[str, str]:
+    from compiler.errors import OptionError
+
+    budgets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise OptionError(f"--budget {item}: expected KIND=VALUE, e.g. size=2MB or latency=0.7x")
+        budgets[key.strip()] = value.strip()
+    return budgets
 
 
 def _estimate_table(rows: list[dict]) -> str:

@@ -87,3 +87,19 @@ def test_quantize_without_calibration_is_one_line_error(tmp_path, capsys):
 def test_quantize_appends_to_explicit_passes(tmp_path):
     result = compile_model(EXAMPLE, output=tmp_path / "p", passes="canonicalize", quantize="int8", observer="percentile", lower=False)
     assert result.report["pipeline"]["spec"].endswith(",quantize{observer=percentile}")
+
+
+def test_mixed_precision_budget_from_the_cli(tmp_path):
+    out = tmp_path / "mp"
+    assert main([str(EXAMPLE), "--quantize", "int8", "--budget", "size=0.75x", "--max-drop", "0.5",
+                 "-o", str(out), "--quiet", "--no-measure"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "mixed-precision{size=0.75x,max_drop=0.5},quantize" in report["pipeline"]["spec"]
+    notes = next(p["notes"] for p in report["passes"] if p["name"] == "mixed-precision")
+    assert any("4 bits" in n for n in notes) and any("top-1 agreement" in n for n in notes)
+    assert report["summary"]["verification"]["integer_bit_exact"]["passed"] is True
+
+
+def test_budget_without_quantize_is_an_error(tmp_path, capsys):
+    assert main([str(EXAMPLE), "--budget", "size=2MB", "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "add --quantize int8" in capsys.readouterr().err
