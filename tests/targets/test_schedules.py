@@ -25,7 +25,7 @@ from tvm.target import codegen  # noqa: E402
 import tvm.relax.frontend.onnx  # noqa: E402,F401  (registers relax.frontend.onnx)
 from targets.lowering.schedules import ScheduleReport, apply_default_schedules  # noqa: E402
 from targets.lowering.schedules import common  # noqa: E402
-from targets.lowering.schedules.conv2d import choose_tile  # noqa: E402
+from targets.lowering.schedules.conv2d import choose_pixel_tile, choose_tile  # noqa: E402
 from targets.lowering.schedules.matmul import Matmul  # noqa: E402
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>\n'
@@ -327,3 +327,51 @@ def test_register_tile_respects_budget():
             assert n_vec % nb == 0 and extent % t == 0
             assert nb * t + nb + 1 <= 32
     assert common.register_tile(4, 56, 32) == (2, 14)
+
+
+PIXEL_1X1 = """
+agraph (float[1, {c}, {hw}, {hw}] x, float[1, {f}, {hw}, {hw}] r) => (float[1, {f}, {hw}, {hw}] y) {{
+    c1 = Conv <kernel_shape = [1, 1]> (x, w, b)
+    a = Add (c1, r)
+    y = Clip (a, lo, hi)
+}}
+"""
+
+
+@pytest.mark.parametrize("c,f,hw", [(16, 24, 16), (8, 96, 20), (32, 20, 8)], ids=["16to24", "8to96", "32to20"])
+def test_conv1x1_pixel_gemm(c, f, hw):
+    """1x1 stride-1 convs with few input channels take the pixel-vectorized GEMM path (flattened
+    image, contiguous accumulator stores) with the residual/clip epilogue fused, exact vs ORT."""
+    proto = make_model(PIXEL_1X1.format(c=c, f=f, hw=hw), {"w": (f, c, 1, 1), "b": (f,)}, {"lo": 0.0, "hi": 6.0})
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    assert list(report.scheduled.values()) == ["conv2d-direct"], report
+    (name,) = report.scheduled
+    # The accumulator is the flattened [n, f, pixels] tile, not the channel-last [n, y, x, f] one.
+    assert f"(T.int64(1), T.int64({f}), T.int64({hw * hw}))" in mod[name].script()
+
+
+def test_pixel_tile_choice():
+    assert choose_pixel_tile(12544, 96, 16, 32) == (4, 6)
+    assert choose_pixel_tile(784, 192, 16, 32) == (7, 3)
+    assert choose_pixel_tile(196, 64, 16, 32) is None  # 14x14 does not fill whole vectors
+    for pixels, f in ((12544, 16), (3136, 144), (784, 32), (256, 20)):
+        nb, t = choose_pixel_tile(pixels, f, 16, 32)
+        assert (pixels // 16) % nb == 0 and f % t == 0 and nb * t + nb + 1 <= 32
+
+
+@pytest.mark.parametrize("hw,s", [(30, 2), (17, 2), (20, 3)], ids=["s2-even", "s2-odd", "s3"])
+def test_strided_depthwise(hw, s):
+    """Strided depthwise conv: de-interleaved, vectorized per-tile padding; exact vs ORT."""
+    o = (hw + 2 - 3) // s + 1
+    proto = make_model(
+        f"""
+        agraph (float[1, 24, {hw}, {hw}] x) => (float[1, 24, {o}, {o}] y) {{
+            c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [{s}, {s}], group = 24> (x, w, b)
+            y = Relu (c)
+        }}
+        """,
+        {"w": (24, 1, 3, 3), "b": (24,)},
+    )
+    check(proto, {"conv2d": "conv2d-grouped"})

@@ -51,6 +51,27 @@ def choose_tile(out_channels: int, out_width: int, lanes: int, registers: int) -
     return v, nb, xt
 
 
+# 1x1 convs with at most this many input channels always use the pixel-vectorized GEMM kernel.
+PIXEL_GEMM_MAX_CHANNELS = 64
+
+
+def choose_pixel_tile(pixels: int, out_channels: int, lanes: int, registers: int) -> tuple[int, int] | None:
+    """(nb, t) for the pixel-vectorized 1x1 kernel: ``nb`` vectors of ``lanes`` pixels by ``t`` output
+    channels (exact divisors), maximizing FMAs per load ``nb*t / (nb + t)`` (then ``nb*t``) under the
+    register budget ``nb*t + nb + 1 <= registers``. None when the pixels do not fill whole vectors."""
+    if lanes < 4 or pixels % lanes:
+        return None
+    best = None
+    for nb in (7, 4, 3, 2, 1):
+        if (pixels // lanes) % nb:
+            continue
+        t = common.largest_divisor(out_channels, (registers - 1) // nb - 1)
+        key = (nb * t / (nb + t), nb * t)
+        if best is None or key > best[0]:
+            best = (key, nb, t)
+    return None if best is None else (best[1], best[2])
+
+
 def schedule_pad(sch: s_tir.Schedule, pad) -> None:
     """Inline a pure copy (no border); otherwise run the padded copy in parallel over (n, c)."""
     block = sch.get(pad)
@@ -87,10 +108,17 @@ class Conv2dDirect(common.ScheduleRule):
         out_dtype = block.writes[0].source.dtype
         n, f, y, x, rc, ry, rx = sch.get_loops(conv)
         N, F, OH, OW, C, KH, KW = common.extents(sch, [n, f, y, x, rc, ry, rx])
-        v, nb, xt = choose_tile(F, OW, common.vector_lanes(target, out_dtype), common.vector_registers(target))
-        tile_f = nb * v
-
+        lanes, registers = common.vector_lanes(target, out_dtype), common.vector_registers(target)
         pad = _pad_block(sch, conv)
+        if KH == 1 and KW == 1 and self._unit_stride_unpadded(sch, conv, pad, OH, OW):
+            tile = choose_pixel_tile(OH * OW, F, lanes, registers)
+            # Few input channels: the channel-vectorized kernel's transposed write-back (one scalar
+            # store per output) is not amortized over the reduction, so the pixel GEMM wins; with
+            # many channels it wins only when its register tile is about as large.
+            if tile is not None and (C <= PIXEL_GEMM_MAX_CHANNELS or tile[0] * tile[1] >= 20):
+                return self._schedule_pixels(sch, func, conv, pad, w_idx, tile, lanes)
+        v, nb, xt = choose_tile(F, OW, lanes, registers)
+        tile_f = nb * v
         epilogue = common.fuse_epilogue(sch, conv)
 
         # Weight: [F, C, KH, KW] -> [F/tile_f, C, KH, KW, tile_f], one contiguous stream per tile.
@@ -126,4 +154,65 @@ class Conv2dDirect(common.ScheduleRule):
 
         if pad is not None:
             schedule_pad(sch, pad)
+        return sch
+
+    @staticmethod
+    def _unit_stride_unpadded(sch, conv, pad, out_h: int, out_w: int) -> bool:
+        """True if the input image has exactly the output's height and width (1x1, stride 1, no pad)."""
+        if pad is not None:
+            block = sch.get(pad)
+            src, dst = block.reads[0].source, block.writes[0].source
+            if [int(d) for d in src.shape] != [int(d) for d in dst.shape]:
+                return False
+            shape = src.shape
+        else:
+            block = sch.get(conv)
+            w_idx = _weight_read_index(block)
+            data = [r for i, r in enumerate(block.reads) if i != w_idx and len(r.region) == 4
+                    and not r.source.same_as(block.writes[0].source)]
+            if len(data) != 1:
+                return False
+            shape = data[0].source.shape
+        return int(shape[2]) == out_h and int(shape[3]) == out_w
+
+    @staticmethod
+    def _schedule_pixels(sch, func, conv, pad, w_idx, tile, lanes):
+        """1x1 stride-1 conv as a GEMM out[f, p] = sum_c W[f, c] * X[c, p] over the flattened image,
+        vectorized along pixels: per input channel, ``nb`` contiguous pixel vectors and ``t``
+        broadcast weights feed ``nb*t`` FMAs, and the accumulator tile [t][nb*V] is stored with plain
+        vector stores (no channel->pixel transpose in the write-back)."""
+        nb, t = tile
+        if pad is not None:
+            sch.compute_inline(pad)
+        epilogue = common.fuse_epilogue(sch, conv)
+        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+        N, F, OH, OW = common.extents(sch, [n, f, y, x])
+        # Weight: [F, C, 1, 1] -> [F/t, 1, 1, C, t]: the t broadcasts of one channel step are adjacent.
+        common.pack_operand(sch, func, conv, w_idx, lambda o, i, h, w: (o // t, h, w, i, o % t))
+        acc = sch.cache_write(conv, 0, "local")
+        # Flatten the image (y, x) -> p in the accumulator and in both blocks' iteration domains.
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, c * OW + d))
+        sch.transform_block_layout(conv, lambda a, b, c, d, e, g, h: (a, b, c * OW + d, e, g, h))
+        sch.transform_block_layout(acc, lambda a, b, c, d: (a, b, c * OW + d))
+        n, f, p, rc, ry, rx = sch.get_loops(conv)
+        fo, fi = sch.split(f, [None, t])
+        po, pb, pv = sch.split(p, [None, nb, lanes])
+        sch.reorder(n, po, fo, ry, rx, rc, fi, pb, pv)
+        sch.reverse_compute_at(acc, fo, preserve_unit_loops=True)
+        if epilogue is not None:
+            sch.reverse_compute_inline(epilogue)
+        outer = sch.fuse(n, po, fo)
+        if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
+            sch.parallel(outer)
+        sch.unroll(fi)
+        sch.unroll(pb)
+        sch.vectorize(pv)
+        init = sch.decompose_reduction(conv, ry)
+        init_loops = sch.get_loops(init)
+        sch.unroll(init_loops[-3])
+        sch.unroll(init_loops[-2])
+        sch.vectorize(init_loops[-1])
+        wb = sch.get_loops(acc)
+        _, wv = sch.split(wb[-1], [None, lanes])
+        sch.vectorize(wv)
         return sch

@@ -76,21 +76,45 @@ class GroupConv2d(common.ScheduleRule):
         sch.vectorize(wb[-1])
         if len(producers) == 1:
             pad = producers[0]
-            self._deinterleave(sch, conv, pad, OW, common.extents(sch, [rx])[0])
+            strided = self._deinterleave(sch, conv, pad, OW, common.extents(sch, [rx])[0])
             # Pad the rows of one channel right before they are used (they stay in L1) instead of
             # writing and re-reading a padded copy of the whole tensor.
             sch.compute_at(pad, outer, preserve_unit_loops=True)
+            if strided:
+                self._vectorize_pad(sch, pad, lanes)
         return sch
 
     @staticmethod
-    def _deinterleave(sch, conv, pad, out_width: int, kernel_width: int) -> None:
+    def _vectorize_pad(sch, pad, lanes: int) -> None:
+        """Vectorize the innermost (contiguous destination) loop of the per-tile padded copy."""
+        loops = sch.get_loops(pad)
+        ext = common.extents(sch, loops[-1:])
+        if ext is None or ext[0] <= 1:
+            return
+        if ext[0] <= lanes:
+            sch.vectorize(loops[-1])
+            return
+        width = common.vector_width_for(ext[0], lanes)
+        if width > 1:
+            _, inner = sch.split(loops[-1], [None, width])
+            sch.vectorize(inner)
+        else:
+            _, inner = sch.split(loops[-1], [None, lanes])
+            sch.vectorize(inner)
+
+    @staticmethod
+    def _deinterleave(sch, conv, pad, out_width: int, kernel_width: int) -> bool:
         """For stride s > 1, store the padded input as [n, c, h, w % s, w // s]: the columns one
         output vector reads (w = s*x + rx) become contiguous, so strided gathers turn into plain
         vector loads. The re-layout is exact for any s; s is inferred from the shapes."""
         width = int(sch.get(pad).writes[0].source.shape[3])
         if out_width <= 1:
-            return
+            return False
         stride = (width - kernel_width) // (out_width - 1)
         if stride < 2 or width % stride:
-            return
+            return False
         sch.transform_layout(pad, ("write", 0), lambda a, b, c, d: (a, b, c, d % stride, d // stride))
+        # Iterate the copy in its destination order too: the stores become contiguous (vectorized
+        # after compute_at, see _vectorize_pad) and the loads a constant-stride pattern.
+        sch.transform_block_layout(pad, lambda a, b, c, d: (a, b, c, d % stride, d // stride))
+        return True
