@@ -172,7 +172,7 @@ def svd_spectrum(weight: np.ndarray, gram: np.ndarray | None = None, data_aware:
         total = float(np.sum(w * w))
     else:
         g = np.asarray(gram, np.float64)
-        contrib = s**2 * np.einsum("ij,jk,ik->i", right, g, right)
+        contrib = s**2 * np.einsum("ij,ij->i", right @ g, right)  # b_i^T G b_i, via one GEMM
         total = float(np.sum((w @ g) * w))
     # errors[r] = sqrt(sum_{i >= r} contrib_i / total): reverse cumulative sum, 0 at r = n.
     tail = np.concatenate([np.cumsum(contrib[::-1])[::-1], [0.0]])
@@ -224,9 +224,16 @@ def tucker2(weight: np.ndarray, gram: np.ndarray | None = None) -> Tucker2:
     """
     w = np.asarray(weight, np.float64)
     m, c = w.shape[:2]
-    u_out, s_out, _ = np.linalg.svd(w.reshape(m, -1), full_matrices=True)
-    u_in, s_in, _ = np.linalg.svd(np.moveaxis(w, 1, 0).reshape(c, -1), full_matrices=True)
-    core = np.einsum("mc...,mi,cj->ij...", w, u_out, u_in)
+    # Only the left singular vectors are used; a square U needs full_matrices only when the
+    # unfolding has fewer columns than rows (the right factor of a 512 x 4608 unfolding would be
+    # 4608 x 4608 and dominate the run time).
+    unfold_out = w.reshape(m, -1)
+    unfold_in = np.moveaxis(w, 1, 0).reshape(c, -1)
+    u_out, s_out, _ = np.linalg.svd(unfold_out, full_matrices=unfold_out.shape[0] > unfold_out.shape[1])
+    u_in, s_in, _ = np.linalg.svd(unfold_in, full_matrices=unfold_in.shape[0] > unfold_in.shape[1])
+    # optimize=True contracts one factor at a time (O(M C k (M + C))); the default evaluates the
+    # three-operand sum naively, O(M^2 C^2 k), which takes minutes on a 512-channel conv.
+    core = np.einsum("mc...,mi,cj->ij...", w, u_out, u_in, optimize=True)
     return Tucker2(u_out, u_in, core, s_out, s_in, tucker2_error_table(w, core, u_in, gram))
 
 
