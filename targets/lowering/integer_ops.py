@@ -33,6 +33,11 @@ __all__ = ["SUPPORTED_EXTRA_OPS", "ConvInteger", "install_converters", "installe
 
 _INT8_TYPES = ("int8", "uint8")
 
+# Input channels per vpdpbusd lane and int32 lanes per vpdpbusd (schedules/common.VNNI_DEPTH,
+# VNNI_LANES).
+VNNI_DEPTH = 4
+VNNI_LANES = 16
+
 
 def _dtype(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
@@ -81,6 +86,14 @@ def conv_pads(attr: dict[str, Any], in_shape: list[int], kernel: list[int], stri
     return begin + end
 
 
+def channel_pad(channels: int, groups: int, weight: np.ndarray | None) -> int:
+    """Input channels to append so a groups == 1 conv with a constant weight has C % 4 == 0
+    (the VNNI dot-product depth); 0 when not applicable."""
+    if groups != 1 or weight is None or channels % VNNI_DEPTH == 0:
+        return 0
+    return -channels % VNNI_DEPTH
+
+
 class ConvInteger(onnx_frontend.OnnxOpConverter):
     """ONNX ConvInteger (opset 10), 2-D NCHW: int32 y = conv(x - x_zero_point, w - w_zero_point).
 
@@ -96,6 +109,9 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
           conv(x - zx, w) = conv(pad(x, value=zx), w) - zx * sum_{c,kh,kw} w[m]
       (the input is padded with zx explicitly, so the border sees x - zx = 0 like ONNX; the
       correction is a per-channel constant when w is constant).
+      With a constant weight and groups == 1, C is padded to a multiple of 4 in the same pad op
+      (x with zx, w with zero channels: exact) so the VNNI rule also takes an RGB stem conv
+      (on other targets this costs the stem 4/3 of its multiply-adds).
     * anything else (a weight zero point, a non-constant x zero point): both operands are widened
       to int32 and shifted before an int32 conv2d.
     """
@@ -123,10 +139,17 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
         w_zp_value = _constant(w_zp) if w_zp is not None else np.zeros(())
         if x_zp_value is not None and w_zp_value is not None and not np.any(w_zp_value):
             zx = int(np.asarray(x_zp_value).reshape(-1)[0])
-            if zx == 0:
+            # Input channels padded to a multiple of 4 (x with its zero point, w with 0: the extra
+            # channels contribute (zx - zx) * 0 = 0, exact), so the VNNI rule, which takes 4 input
+            # channels per vpdpbusd, claims e.g. the RGB stem conv (schedules/conv2d_int8.py).
+            w_const = _constant(w)
+            c_pad = channel_pad(_shape(x)[1], groups, w_const)
+            if c_pad:
+                w = relax.const(np.pad(w_const, [(0, 0), (0, c_pad), (0, 0), (0, 0)]), _dtype(w))
+            if zx == 0 and not c_pad:
                 return relax.op.nn.conv2d(x, w, padding=pads, **conv)
             # explicit pad with the zero point: relax pad_width is (before, after) per axis
-            padded = relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]], pad_value=float(zx))
+            padded = relax.op.nn.pad(x, [0, 0, 0, c_pad, pads[0], pads[2], pads[1], pads[3]], pad_value=float(zx))
             acc = bb.normalize(relax.op.nn.conv2d(padded, w, padding=[0, 0, 0, 0], **conv))
             w_value = _constant(w)
             if w_value is not None:
@@ -160,6 +183,10 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
 
         (A - za) @ B = A @ B - za * sum_k B[k, n]
 
+    N not a multiple of 16 (a classifier's 1000 classes): B gets zero columns up to the next
+    multiple of 16 (the VNNI matmul rule needs whole 16-column vectors) and the result is sliced
+    back to N after the correction; exact, and FuseOps keeps the slice in the matmul's epilogue.
+
     Every other case (activation x activation, per-row/per-column zero points) goes to TVM's
     converter unchanged (it is exact, only not VNNI-friendly).
     """
@@ -184,13 +211,22 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
         )
         if not fast:
             return onnx_frontend.MatMulInteger._impl_v10(bb, inputs, attr, params)
-        acc = relax.op.matmul(a, b, out_dtype="int32")
         za = int(np.asarray(a_zp_value).reshape(-1)[0])
-        if za == 0:
-            return acc
-        # |za * sum_k B| <= 255 * 127 * K: int32 for K < 66000
-        corr = relax.const((za * b_value.astype(np.int64).sum(axis=0)).astype(np.int32), "int32")
-        return relax.op.subtract(bb.normalize(acc), corr)
+        n = b_value.shape[1]
+        n_pad = -n % VNNI_LANES
+        if n_pad:
+            # N padded with zero columns to a multiple of 16 (the VNNI matmul rule needs whole
+            # 16-column vectors; a classifier's N = 1000 otherwise gets the generic rule), the
+            # extra columns sliced off after the zero-point correction: exact.
+            b_value = np.pad(b_value, [(0, 0), (0, n_pad)])
+        acc = relax.op.matmul(a, relax.const(b_value, "int8"), out_dtype="int32")
+        if za != 0:
+            # |za * sum_k B| <= 255 * 127 * K: int32 for K < 66000
+            corr = relax.const((za * b_value.astype(np.int64).sum(axis=0)).astype(np.int32), "int32")
+            acc = relax.op.subtract(bb.normalize(acc), corr)
+        if n_pad:
+            acc = relax.op.strided_slice(bb.normalize(acc), axes=[len(_shape(a)) - 1], begin=[0], end=[n])
+        return acc
 
 
 _EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {

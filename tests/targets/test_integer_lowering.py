@@ -254,3 +254,64 @@ def test_integer_cnn_model(tmp_path):
 def test_residual_model(tmp_path):
     """ConvInteger + requant, then the integer residual Add with per-branch multipliers."""
     assert_tvm_exact(residual_model(), _float_inputs((2, 4, 6, 6), range(3)), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvInteger: input channels padded to a multiple of 4 (the RGB stem conv gets the VNNI rule)
+# ---------------------------------------------------------------------------------------------
+
+
+def _host_has_vnni() -> bool:
+    try:
+        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def test_conv_integer_channels_padded_to_multiple_of_4():
+    """C = 3 (RGB): x is padded with its zero point to 4 channels, w with a zero channel, in the
+    same pad op as the spatial padding; groups > 1 and C % 4 == 0 are left alone."""
+    text = importer.import_onnx(conv_integer_model(np.uint8, channels=3, out_channels=16,
+                                                   pads=(1, 1, 1, 1)), {}).script()
+    assert 'R.nn.pad(x, pad_width=[0, 0, 0, 1, 1, 1, 1, 1], pad_value=3.0' in text
+    assert "R.Tensor((1, 4, 11, 11), dtype=\"uint8\")" in text  # 3 channels + 1 padded
+    assert integer_ops.channel_pad(3, 1, np.zeros((16, 3, 3, 3), np.int8)) == 1
+    assert integer_ops.channel_pad(6, 1, np.zeros((16, 6, 1, 1), np.int8)) == 2
+    assert integer_ops.channel_pad(8, 1, np.zeros((16, 8, 1, 1), np.int8)) == 0
+    assert integer_ops.channel_pad(6, 6, np.zeros((6, 1, 3, 3), np.int8)) == 0
+    assert integer_ops.channel_pad(3, 1, None) == 0  # a runtime weight: not padded
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"channels": 3, "out_channels": 16, "pads": (1, 1, 1, 1), "size": 12},
+        {"channels": 3, "out_channels": 32, "kernel": (7, 7), "strides": (2, 2), "pads": (3, 3, 3, 3),
+         "size": 20, "x_zero_point": 128},
+        {"channels": 6, "out_channels": 16, "kernel": (1, 1), "x_zero_point": 0, "size": 8},
+        {"channels": 3, "out_channels": 6, "x_zero_point": None},
+    ],
+    ids=["rgb-3x3", "rgb-7x7s2-stem", "c6-1x1-zp0", "rgb-f6-nozp"],
+)
+def test_conv_integer_padded_channels_exact_and_vnni(tmp_path, kwargs):
+    model = conv_integer_model(np.uint8, **kwargs)
+    assert_tvm_exact(model, _feeds_for(model), tmp_path)
+    if _host_has_vnni() and kwargs["out_channels"] % 16 == 0:
+        result = lower_model(model, get_target("cpu"), {}, tmp_path / "again")
+        assert "conv2d-int8-vnni" in set(result.scheduled.values()), result.scheduled
+
+
+@pytest.mark.parametrize("n, zero", [(1000, 131), (40, 0), (7, 17)], ids=["n1000-zp131", "n40-zp0", "n7-zp17"])
+def test_weight_matmul_integer_pads_columns_to_16(tmp_path, n, zero):
+    """N % 16 != 0 (a classifier's 1000 classes): the weight gets zero columns up to a multiple of
+    16 and the result is sliced back; exact, and the matmul is claimed by the VNNI rule."""
+    rng = RNG(5)
+    a = random_integer_input(np.uint8, (1, 96), rng)
+    consts = {"b": random_integer_input(np.int8, (96, n), rng), "az": np.array(zero, np.uint8)}
+    model = single_op("MatMulInteger", {"a": a}, np.int32, consts)
+    text = importer.import_onnx(model, {}).script()
+    assert "R.strided_slice(" in text
+    assert_tvm_exact(model, [{"a": a}, {"a": random_integer_input(np.uint8, (1, 96), rng)}], tmp_path)
+    if _host_has_vnni():
+        result = lower_model(model, get_target("cpu"), {}, tmp_path / "again")
+        assert "matmul-int8-vnni" in set(result.scheduled.values()), result.scheduled

@@ -1,4 +1,5 @@
-"""int8 dot-product schedule rules (targets/lowering/schedules/conv2d_int8.py, matmul_int8.py).
+"""int8 schedule rules (targets/lowering/schedules/conv2d_int8.py, matmul_int8.py, depthwise_int8.py,
+pool_int8.py).
 
 Each case builds the Relax that the integer-only lowering produces (``conv2d``/``matmul`` of uint8
 activations and constant int8 weights with ``out_dtype="int32"``, an int32 bias add and, optionally,
@@ -25,7 +26,7 @@ from tvm import relax  # noqa: E402
 from tvm.target import codegen  # noqa: E402
 
 from targets.lowering.schedules import apply_default_schedules, common  # noqa: E402
-from targets.lowering.schedules import conv2d_int8, matmul_int8  # noqa: E402
+from targets.lowering.schedules import conv2d_int8, depthwise_int8, matmul_int8, pool_int8  # noqa: E402
 
 
 def _host_has_vnni() -> bool:
@@ -304,3 +305,135 @@ def test_tile_choice_stays_within_register_budget():
             mt, nb = matmul_int8.choose_tile(rows, blocks)
             assert rows % mt == 0 and blocks % nb == 0 and mt * nb <= conv2d_int8.MAX_ACCUMULATORS
     assert matmul_int8.choose_tile(128, 48) == (4, 4)
+
+
+# --- columns-vectorized write-back (xt >= 8) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "c,h,f,k,stride,pad",
+    [(16, 16, 32, 3, 1, 1), (16, 32, 48, 1, 1, 0), (8, 34, 32, 3, 2, 1), (4, 22, 32, 7, 2, 3)],
+    ids=["3x3-w16", "1x1-w32", "3x3s2-w17", "7x7s2-stem"],
+)
+def test_conv2d_wide_tiles_bit_exact(c, h, f, k, stride, pad):
+    """Tiles of >= 8 output columns write back along the columns (the epilogue vectorized over x);
+    the 7x7 case keeps the channel-vectorized write-back. Both exact."""
+    mod, x, ref = conv_case(c, h, f, k, stride, pad, requant=True, seed=4)
+    y, report, asm = compile_and_run(mod, x)
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    if HOST_VNNI:
+        assert only_rule(report) == conv2d_int8.Conv2dInt8VNNI.name
+        assert "vpdpbusd" in asm
+
+
+# --- depthwise u8 x i8 (depthwise_int8.DepthwiseInt8) ---------------------------------------------
+
+
+def depthwise_case(c, h, k, stride, pad, requant, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(1, c, h, h)).astype(np.uint8)
+    x.reshape(-1)[:2] = [0, 255]
+    w = rng.integers(-127, 128, size=(c, 1, k, k)).astype(np.int8)
+    bias = rng.integers(-20000, 20000, size=c).astype(np.int32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, c, h, h), "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            acc = relax.op.nn.conv2d(xv, relax.const(w, "int8"), strides=stride, padding=pad, groups=c,
+                                     out_dtype="int32")
+            acc = bb.emit(relax.op.add(acc, relax.const(bias.reshape(1, -1, 1, 1), "int32")))
+            y = _emit_requant(bb, acc, c, [1, c, 1, 1], 3, 0, 255, seed) if requant else acc
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (h + 2 * pad - k) // stride + 1
+    ref = np.zeros((1, c, oh, oh), np.int64)
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride]
+            ref += patch * w[:, 0, i, j].astype(np.int64).reshape(1, -1, 1, 1)
+    ref += bias.reshape(1, -1, 1, 1)
+    ref = _requant_reference(ref, 1, 3, 0, 255, seed) if requant else ref.astype(np.int32)
+    return bb.get(), x, ref
+
+
+@pytest.mark.parametrize(
+    "c,h,k,stride,pad",
+    [(32, 16, 3, 1, 1), (24, 18, 3, 2, 1), (16, 17, 3, 2, 1), (8, 9, 5, 1, 2), (40, 7, 3, 1, 1), (16, 12, 3, 1, 0),
+     (8, 112, 3, 1, 1)],
+    ids=["s1", "s2-even", "s2-odd", "5x5", "w7", "nopad", "w112"],
+)
+@pytest.mark.parametrize("requant", [False, True], ids=["int32", "requant"])
+def test_depthwise_u8i8_bit_exact(c, h, k, stride, pad, requant):
+    """Stride 1 is claimed by DepthwiseInt8, stride 2 left to the grouped rule; both exact."""
+    mod, x, ref = depthwise_case(c, h, k, stride, pad, requant)
+    y, report, _ = compile_and_run(mod, x)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    expected = depthwise_int8.DepthwiseInt8.name if stride == 1 else "conv2d-grouped"
+    assert only_rule(report) == expected
+
+
+def test_depthwise_rule_declines_float_and_grouped():
+    """fp32 depthwise and grouped (several channels per group) int8 convs are not claimed."""
+    target = host_target()
+    rule = depthwise_int8.DepthwiseInt8()
+    for dtype, groups, cin in (("float32", 8, 1), ("uint8", 4, 2)):
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType((1, 8, 10, 10), dtype))
+        wdt = "float32" if dtype == "float32" else "int8"
+        w = np.ones((8, cin, 3, 3), wdt)
+        with bb.function("main", [xv]):
+            with bb.dataflow():
+                out = "float32" if dtype == "float32" else "int32"
+                gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, wdt), padding=1, groups=groups,
+                                                               out_dtype=out)))
+            bb.emit_func_output(gv)
+        with target:
+            mod = relax.get_pipeline("zero")(bb.get())
+        funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert funcs and all(rule.apply(f, target) is None for f in funcs)
+
+
+# --- 8-bit max pooling (pool_int8.MaxPoolInt8) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype,c,h,k,stride,pad",
+    [("uint8", 8, 16, 3, 2, 1), ("uint8", 4, 15, 3, 2, 1), ("uint8", 4, 12, 2, 2, 0), ("int8", 4, 13, 3, 1, 1)],
+    ids=["u8-3s2p1", "u8-odd", "u8-2s2", "i8-3s1p1"],
+)
+def test_maxpool_int8_bit_exact(dtype, c, h, k, stride, pad):
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, size=(1, c, h, h)).astype(dtype)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, c, h, h), dtype))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.max_pool2d(xv, pool_size=k, strides=stride, padding=pad)))
+        bb.emit_func_output(gv)
+    y, report, _ = compile_and_run(bb.get(), x)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=info.min)
+    oh = (h + 2 * pad - k) // stride + 1
+    ref = np.full((1, c, oh, oh), info.min, np.int64)
+    for i in range(k):
+        for j in range(k):
+            ref = np.maximum(ref, xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride])
+    assert np.array_equal(y, ref.astype(dtype))
+    assert report.unscheduled == []
+    assert set(report.scheduled.values()) == {pool_int8.MaxPoolInt8.name}
+
+
+def test_maxpool_rule_leaves_float_pools_alone():
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.max_pool2d(xv, pool_size=3, strides=2, padding=1)))
+        bb.emit_func_output(gv)
+    target = host_target()
+    with target:
+        mod = relax.get_pipeline("zero")(bb.get())
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs and all(pool_int8.MaxPoolInt8().apply(f, target) is None for f in funcs)

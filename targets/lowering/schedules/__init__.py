@@ -6,9 +6,11 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
 
     conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
+    depthwise_int8.DepthwiseInt8 depthwise conv2d_nchw uint8 x int8 -> int32 (MobileNet)
     conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
     depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
     matmul.Matmul                matmul / dense / batch matmul, transformer shapes
+    pool_int8.MaxPoolInt8        8-bit (uint8/int8) max pooling of the integer-only form
     reduction.RowReduction       pooling, mean, softmax, layernorm, sums (reduce + elementwise)
     injective.Injective          elementwise / broadcast / transpose / reshape / gather
 
@@ -40,14 +42,21 @@ def default_rules() -> list[ScheduleRule]:
     from targets.lowering.schedules.conv2d import Conv2dDirect
     from targets.lowering.schedules.conv2d_int8 import Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
+    from targets.lowering.schedules.depthwise_int8 import DepthwiseInt8
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
     from targets.lowering.schedules.matmul_int8 import MatmulInt8VNNI
+    from targets.lowering.schedules.pool_int8 import MaxPoolInt8
     from targets.lowering.schedules.reduction import RowReduction
 
-    # The int8 rules come first: they claim only u8 x i8 -> i32 functions on VNNI targets and
-    # decline everything else, which then reaches the dtype-agnostic rules below unchanged.
-    return [Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dDirect(), GroupConv2d(), Matmul(), RowReduction(), Injective()]
+    # The int8 rules come first: they claim only u8 x i8 -> i32 functions (the VNNI ones on VNNI
+    # targets only, DepthwiseInt8 on any LLVM CPU) and decline everything else, which then reaches
+    # the dtype-agnostic rules below unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
+    # generic RowReduction.
+    return [
+        Conv2dInt8VNNI(), MatmulInt8VNNI(), DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
+        MaxPoolInt8(), RowReduction(), Injective(),
+    ]
 
 
 def _is_scheduled(func) -> bool:

@@ -1,0 +1,86 @@
+"""8-bit max pooling (uint8 / int8 ``pool_max``), NCHW, any window / stride / padding.
+
+The integer-only form runs MaxPool on the uint8 activation (passes/quantize docstring). The
+generic ``reduction.RowReduction`` rule parallelizes such a pool over every output element with a
+scalar 3x3 window loop and the padding condition inlined into it: 2.1 ms for ResNet-18's
+112x112x64 -> 56x56 pool on 2 cores (more than the stem conv before it). This rule claims only
+8-bit pools (float pools are left to RowReduction unchanged).
+
+Loop structure produced (one output row per task):
+
+    parallel for (n, c, oh):
+        pad_rows[KH, W + 2p] = pad(in[n, c, oh*s - p : .., :])      # the window's input rows,
+                                                                     # vectorized copy
+        vectorized for ow: acc[ow] = init                            # local row accumulator
+        for rh in KH, rw in KW, ow in OW:                            # (LLVM vectorizes ow)
+            acc[ow] = max(acc[ow], pad_rows[rh, ow*s + rw])
+        vectorized for ow: out[n, c, oh, ow] = acc[ow]
+
+Why: the window loops go outside the output-column loop and the padding is materialized per row
+(a few hundred bytes, in L1) instead of a bounds check per element: 0.22 ms instead of 2.1 ms on
+that ResNet-18 pool. Measured alternatives that were slower: explicitly vectorizing the strided
+update loop (0.32 ms), de-interleaving the padded rows for stride 2 (0.48 ms), a whole-tensor pad
+stage parallel over channels (0.30 ms).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from targets.lowering.schedules import common
+
+_POOL_NAMES = ("pool_max",)
+
+
+class MaxPoolInt8(common.ScheduleRule):
+    """8-bit NCHW max pool: per-row padding, window loops outside a vectorized column loop."""
+
+    name = "maxpool-int8"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
+            return None
+        if target.kind.name != "llvm":
+            return None
+        try:
+            return self._match_and_schedule(func, target)
+        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
+            return None
+
+    def _match_and_schedule(self, func, target):
+        sch = s_tir.Schedule(func)
+        blocks = common.root_blocks(sch)
+        pool = common.find_anchor(sch, _POOL_NAMES)
+        if pool is None or common.iter_kinds(sch, pool) != "SSSSRR":
+            return None
+        if str(sch.get(pool).writes[0].source.dtype) not in ("uint8", "int8"):
+            return None
+        # Exactly: optional pad stage -> pool (-> nothing); anything else is not ours.
+        producers = [b for b in blocks if not sch.get(b).same_as(sch.get(pool))]
+        if len(producers) > 1 or not sch.get(blocks[-1]).same_as(sch.get(pool)):
+            return None
+        n, c, oh, ow, rh, rw = sch.get_loops(pool)
+        dims = common.extents(sch, [n, c, oh, ow, rh, rw])
+        if dims is None:
+            return None
+        N, C, OH, OW = dims[:4]
+        sch.reorder(n, c, oh, rh, rw, ow)
+        row = sch.fuse(n, c, oh)
+        if N * C * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
+            sch.parallel(row)
+        for producer in producers:
+            sch.compute_at(producer, row, preserve_unit_loops=True)
+            ploops = sch.get_loops(producer)
+            sch.vectorize(ploops[-1])
+        # The row of outputs is accumulated in a local buffer and written back vectorized; the
+        # window update loop itself is left to LLVM (vectorizing it explicitly measured slower).
+        acc = sch.cache_write(pool, 0, "local")
+        sch.reverse_compute_at(acc, row, preserve_unit_loops=True)
+        init = sch.decompose_reduction(pool, rh)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.get_loops(acc)[-1])
+        return sch
+
+
+__all__ = ["MaxPoolInt8"]
