@@ -37,6 +37,29 @@ class ScheduleRule(dlight.ScheduleRule):
         return f"{type(self).__name__}()"
 
 
+class MatchingRule(ScheduleRule):
+    """A rule that matches a structure and schedules it, declining anything it does not expect.
+
+    ``apply`` takes only static PrimFuncs on targets ``accepts`` allows, and turns any analysis or
+    scheduling failure into "not ours" (None) so the next rule in the list gets the function.
+    Subclasses implement ``accepts`` and ``_match_and_schedule(func, target)``.
+    """
+
+    def accepts(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def _match_and_schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not is_static(func) or not self.accepts(target):
+            return None
+        try:
+            return self._match_and_schedule(func, target)
+        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
+            return None
+
+
 def vector_bits(target: Target) -> int:
     """Width in bits of the target's SIMD registers (512 with AVX-512, 256 with AVX2, else 128).
 

@@ -99,23 +99,15 @@ def _operand_reads(block: tirx.SBlock):
     return idx["data"], idx["weight"]
 
 
-class Conv2dInt8VNNI(common.ScheduleRule):
+class Conv2dInt8VNNI(common.MatchingRule):
     """u8 x i8 -> i32 NCHW conv2d tensorized with vpdpbusd (see module docstring)."""
 
     name = "conv2d-int8-vnni"
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
-            return None
-        if not common.has_avx512_vnni(target):
-            return None
-        # Any analysis or schedule failure means "not ours": the next rule gets the function.
-        try:
-            return self._match_and_schedule(func)
-        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
-            return None
+    def accepts(self, target: Target) -> bool:
+        return common.has_avx512_vnni(target)
 
-    def _match_and_schedule(self, func):
+    def _match_and_schedule(self, func, target):
         sch = s_tir.Schedule(func)
         conv = common.find_anchor(sch, ("conv2d_nchw",))
         if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":

@@ -71,20 +71,10 @@ def _column_stride(sch, conv) -> int:
     return 1 if ow <= 1 else (width - kw) // (ow - 1)
 
 
-class DepthwiseInt8(common.ScheduleRule):
+class DepthwiseInt8(common.MatchingRule):
     """Width-vectorized int32 depthwise conv for u8 x i8 (see module docstring)."""
 
     name = "depthwise-int8"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
-            return None
-        if target.kind.name != "llvm":
-            return None
-        try:
-            return self._match_and_schedule(func, target)
-        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
-            return None
 
     def _match_and_schedule(self, func, target):
         sch = s_tir.Schedule(func)

@@ -33,20 +33,10 @@ from targets.lowering.schedules import common
 _POOL_NAMES = ("pool_max",)
 
 
-class MaxPoolInt8(common.ScheduleRule):
+class MaxPoolInt8(common.MatchingRule):
     """8-bit NCHW max pool: per-row padding, window loops outside a vectorized column loop."""
 
     name = "maxpool-int8"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not common.is_static(func):
-            return None
-        if target.kind.name != "llvm":
-            return None
-        try:
-            return self._match_and_schedule(func, target)
-        except Exception:  # noqa: BLE001 - an unexpected structure: let the next rule try
-            return None
 
     def _match_and_schedule(self, func, target):
         sch = s_tir.Schedule(func)
