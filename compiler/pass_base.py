@@ -43,6 +43,22 @@ class Fact(enum.Enum):
     INTEGER_ONLY = "integer-only"
 
 
+#: The facts the ``canonicalize`` alias establishes. A rewrite that keeps the graph canonical
+#: (replaces weights or nodes without leaving constants, identities or dead code behind) lists
+#: these as ``preserves``.
+CANONICAL_FACTS = frozenset(
+    {
+        Fact.SHAPES_INFERRED,
+        Fact.CONSTANTS_LIFTED,
+        Fact.CONSTANTS_FOLDED,
+        Fact.BN_FOLDED,
+        Fact.NO_IDENTITY,
+        Fact.DEAD_CODE_FREE,
+        Fact.TOPO_SORTED,
+    }
+)
+
+
 class Tolerance(enum.Enum):
     """How the per-pass numeric check compares a pass's output with its input model.
 

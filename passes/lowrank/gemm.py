@@ -8,7 +8,7 @@ import numpy as np
 
 from compiler.context import CompileContext
 from compiler.ir import Model, Node, constant_array, ir
-from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
+from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.canonicalize._graph_utils import is_onnx_op, new_initializer, remove_unused_initializers, unique_name, used_names
 from passes.lowrank._calibration import MAX_GRAM_DIM, GramRequest, input_grams
 from passes.lowrank._graph import FLOAT_DTYPES, cast_like, float_attr, int_attr, layer_label, new_value, static_dims
@@ -161,17 +161,7 @@ class FactorizeGemmPass(Pass):
 
     name = "factorize-gemm"
     needs = frozenset({Fact.CONSTANTS_LIFTED, Fact.SHAPES_INFERRED})
-    preserves = frozenset(
-        {
-            Fact.SHAPES_INFERRED,
-            Fact.CONSTANTS_LIFTED,
-            Fact.CONSTANTS_FOLDED,
-            Fact.BN_FOLDED,
-            Fact.NO_IDENTITY,
-            Fact.DEAD_CODE_FREE,
-            Fact.TOPO_SORTED,
-        }
-    )
+    preserves = CANONICAL_FACTS
     tolerance = Tolerance.LOSSY
 
     rank: int = 0

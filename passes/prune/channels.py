@@ -15,7 +15,7 @@ import numpy as np
 from compiler.context import CompileContext
 from compiler.errors import OptionError
 from compiler.ir import Model, Value, copy_model, count_parameters
-from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
+from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.prune import importance as importance_mod
 from passes.prune import selection
 from passes.prune.dependency import ChannelGroup, analyze
@@ -99,17 +99,7 @@ class PruneChannelsPass(Pass):
 
     name = "prune-channels"
     needs = frozenset({Fact.CONSTANTS_LIFTED, Fact.BN_FOLDED, Fact.SHAPES_INFERRED})
-    preserves = frozenset(
-        {
-            Fact.SHAPES_INFERRED,
-            Fact.CONSTANTS_LIFTED,
-            Fact.CONSTANTS_FOLDED,
-            Fact.BN_FOLDED,
-            Fact.NO_IDENTITY,
-            Fact.DEAD_CODE_FREE,
-            Fact.TOPO_SORTED,
-        }
-    )
+    preserves = CANONICAL_FACTS
     tolerance = Tolerance.LOSSY
 
     ratio: float = 0.3

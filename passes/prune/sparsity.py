@@ -8,7 +8,7 @@ import numpy as np
 
 from compiler.context import CompileContext
 from compiler.ir import Model, Node, constant_array
-from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
+from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.canonicalize._graph_utils import new_initializer, remove_unused_initializers, unique_name, used_names
 from passes.prune.dependency import int_attr, node_label
 
@@ -79,17 +79,7 @@ class SparsifyNMPass(Pass):
 
     name = "sparsify-nm"
     needs = frozenset({Fact.CONSTANTS_LIFTED})
-    preserves = frozenset(
-        {
-            Fact.SHAPES_INFERRED,
-            Fact.CONSTANTS_LIFTED,
-            Fact.CONSTANTS_FOLDED,
-            Fact.BN_FOLDED,
-            Fact.NO_IDENTITY,
-            Fact.DEAD_CODE_FREE,
-            Fact.TOPO_SORTED,
-        }
-    )
+    preserves = CANONICAL_FACTS
     tolerance = Tolerance.LOSSY
 
     n: int = 2
