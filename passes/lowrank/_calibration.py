@@ -9,8 +9,7 @@ calibration batch to one Gram per layer and never keeps activations:
 - Conv: ``x`` are the im2col patches ``[C*k1*..*kn]`` (channel major, the order of
   ``W.reshape(M, -1)``) at every output position, with the layer's pads, strides and dilations.
 
-Activations come from ONNX Runtime on a protobuf copy of the model with the layer inputs added as
-graph outputs (the model itself is not touched). Layers are processed in chunks whose Grams fit in
+Activations come from ``compiler.intermediates`` (ONNX Runtime on a copy of the model). Layers are processed in chunks whose Grams fit in
 :data:`GRAM_MEMORY_BYTES`, one session per chunk.
 """
 
@@ -20,12 +19,10 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
 
 from compiler.context import Feeds
-from compiler.errors import OptionError
-from compiler.ir import Model, Node, to_proto
-from compiler.verify import ort_session
+from compiler.intermediates import intermediates
+from compiler.ir import Model, Node
 
 __all__ = ["GRAM_MEMORY_BYTES", "MAX_GRAM_DIM", "GramRequest", "conv_patches", "input_grams"]
 
@@ -128,39 +125,13 @@ def input_grams(model: Model, calibration: Sequence[Feeds], requests: Sequence[G
     """
     grams: dict[str, np.ndarray] = {}
     for chunk in _chunks(requests):
-        proto = to_proto(model)
-        graph_inputs = {i.name for i in proto.graph.input}
-        present = {o.name for o in proto.graph.output}
-        for request in chunk:
-            name = request.node.inputs[0].name
-            if name not in present and name not in graph_inputs:
-                elem = request.node.inputs[0].dtype
-                proto.graph.output.append(
-                    onnx.helper.make_tensor_value_info(name, elem.value if elem is not None else onnx.TensorProto.FLOAT, None)
-                )
-                present.add(name)
-        session = ort_session(proto)
-        inputs = [i.name for i in session.get_inputs()]
-        # A graph input is read from the feed: ORT cannot fetch an input as an output.
-        wanted = [n for n in dict.fromkeys(r.node.inputs[0].name for r in chunk) if n not in graph_inputs]
         for request in chunk:
             grams[request.key] = np.zeros((request.dim, request.dim))
-        for index, feed in enumerate(calibration):
-            missing = [n for n in inputs if n not in feed and not _has_default(model, n)]
-            if missing:
-                raise OptionError(f"calibration batch {index} has no array for input '{missing[0]}'")
-            try:
-                arrays = dict(zip(wanted, session.run(wanted, {n: feed[n] for n in inputs if n in feed}))) if wanted else {}
-            except Exception as exc:  # ORT shape/type errors: one line naming the batch
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise OptionError(f"calibration batch {index} does not run: {first}") from None
+        names = [request.node.inputs[0].name for request in chunk]
+        for arrays in intermediates(model, calibration, names):
             for request in chunk:
-                name = request.node.inputs[0].name
-                array = arrays[name] if name in arrays else feed[name] if name in feed else request.node.inputs[0].const_value.numpy()
+                value = request.node.inputs[0]
+                array = arrays[value.name] if value.name in arrays else value.const_value.numpy()
                 rows = _rows(np.asarray(array, np.float64), request)
                 grams[request.key] += rows.T @ rows
     return grams
-
-
-def _has_default(model: Model, name: str) -> bool:
-    return any(v.name == name and v.const_value is not None for v in model.graph.inputs)

@@ -31,7 +31,7 @@ import numpy as np
 
 from compiler.context import Feeds
 from compiler.ir import Model, Node, Value, constant_array
-from passes.prune._calibration import intermediates
+from compiler.intermediates import intermediates
 from passes.prune.dependency import ChannelGroup, Member, int_attr
 
 __all__ = ["CRITERIA", "filter_rows", "group_scores", "activation_energy"]

@@ -38,7 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from compiler.context import Feeds
 from compiler.ir import Model, Node, constant_array, ir
 from passes.canonicalize._graph_utils import new_initializer, remove_unused_initializers, unique_name, used_names
-from passes.prune._calibration import intermediates
+from compiler.intermediates import intermediates
 from passes.prune.dependency import int_attr, ints_attr, node_label
 
 __all__ = ["RIDGE", "MAX_ROWS_PER_BATCH", "Refit", "reconstruct"]

@@ -15,14 +15,13 @@ sweep.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import onnx
 
 from compiler.context import Feeds
-from compiler.ir import Model, constant_array, to_proto
-from compiler.verify import ort_session
+from compiler.intermediates import intermediates
+from compiler.ir import Model, constant_array
 from passes.quantize.observers import MinMaxObserver, Observer, make_observer
 
 __all__ = ["CalibrationError", "Statistics", "collect_statistics"]
@@ -41,48 +40,12 @@ class Statistics:
     batches: int
 
 
-def _with_outputs(model: Model, names: Iterable[str]) -> onnx.ModelProto:
-    proto = to_proto(model)
-    existing = {o.name for o in proto.graph.output} | {i.name for i in proto.graph.input}
-    types = {v.name: v.dtype for node in model.graph for v in node.outputs if v.name}
-    for name in names:
-        if name in existing or name not in types:
-            continue
-        elem = types[name].value if types[name] is not None else onnx.TensorProto.FLOAT
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    return proto
-
-
 def _sweeps(model: Model, calibration: Sequence[Feeds], names: list[str]):
-    """Yield ``{name: array}`` for every calibration batch (one ORT session for all sweeps)."""
-    proto = _with_outputs(model, names)
-    session = ort_session(proto)
-    input_names = [i.name for i in session.get_inputs()]
-    defaults = {
-        v.name: constant_array_any(v) for v in model.graph.inputs if v.const_value is not None
-    }
-    output_names = [o.name for o in session.get_outputs()]
-    wanted = [n for n in names if n in output_names]
+    """A function that yields ``{name: array}`` for every calibration batch each time it is called
+    (``compiler.intermediates``; errors are CalibrationError)."""
 
     def sweep():
-        for index, feed in enumerate(calibration):
-            missing = [n for n in input_names if n not in feed and n not in defaults]
-            if missing:
-                raise CalibrationError(f"calibration batch {index} has no array for input '{missing[0]}'")
-            feeds = {n: feed[n] for n in input_names if n in feed}
-            try:
-                outputs = session.run(wanted, feeds)
-            except Exception as exc:  # ORT's shape/type errors: one line naming the batch
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CalibrationError(f"calibration batch {index} does not run: {message}") from None
-            arrays = dict(zip(wanted, outputs))
-            for n in names:
-                if n not in arrays:
-                    if n in feed:
-                        arrays[n] = np.asarray(feed[n])
-                    elif n in defaults:
-                        arrays[n] = defaults[n]
-            yield arrays
+        yield from intermediates(model, calibration, names, error=CalibrationError)
 
     return sweep
 
