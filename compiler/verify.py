@@ -13,6 +13,8 @@ ORT's fusions). ``compare`` measures two output lists and decides pass/fail by a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +44,27 @@ TOLERANCES: dict[str, TolerancePolicy] = {
 def policy_for(tolerance: Tolerance | str) -> TolerancePolicy:
     key = tolerance.value if isinstance(tolerance, Tolerance) else tolerance
     return TOLERANCES[key]
+
+
+@functools.cache
+def ort_u8s8_is_exact() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 ConvInteger/MatMulInteger is exact on this host.
+
+    On x86 without VNNI, ONNX Runtime's u8 x s8 GEMM uses AVX2 ``vpmaddubsw``, which adds each
+    pair of u8 * s8 products in int16 with saturation (|255 * 127 * 2| > 2^15), so results differ
+    from the integer math (measured on Zen 3: ~6% of a 64x256x64 product's outputs). With
+    AVX-512 VNNI / AVX-VNNI (``vpdpbusd``, int32 sums) and on non-x86 CPUs it is exact. u8 x u8,
+    s8 x s8 and s8 x u8 are exact everywhere, which is why the integer-only form stores weights
+    next to uint8 activations as offset-binary uint8 (passes/quantize/__init__.py).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def ort_session(model: Model | Any, optimize: bool = False, threads: int = 0):

@@ -426,3 +426,71 @@ def digits_feeds() -> dict[str, np.ndarray]:
     images = load_digits().images[:DIGITS_BATCH].astype(np.float32) / 16.0
     return {"x": images[:, None, :, :]}
 
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime as the integer oracle
+# --------------------------------------------------------------------------------------------
+
+_INTEGER_MAC_WEIGHT = {"ConvInteger": 1, "MatMulInteger": 1}
+
+
+def ort_exact_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every uint8 x int8 ConvInteger/MatMulInteger whose int8 operand is an
+    initializer re-encoded offset-binary (uint8 ``w + 128``, zero point ``zp + 128``): the same
+    integers, but run by ONNX Runtime's exact u8 x u8 kernels. Returned unchanged where ORT's
+    u8 x s8 kernels are exact (``compiler.verify.ort_u8s8_is_exact``). Lets a test keep ORT as
+    the oracle for the u8 x s8 op combinations the converters support, on every host.
+
+    Raises:
+        AssertionError: a u8 x s8 op whose int8 operand is not an initializer (cannot re-encode).
+    """
+    from compiler.verify import ort_u8s8_is_exact
+
+    if ort_u8s8_is_exact():
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info]}
+    dtypes.update({t.name: t.data_type for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type not in _INTEGER_MAC_WEIGHT or len(node.input) < 2:
+            continue
+        a, w = node.input[0], node.input[1]
+        if dtypes.get(a) != onnx.TensorProto.UINT8 or dtypes.get(w) != onnx.TensorProto.INT8:
+            continue
+        assert w in inits, f"{node.name}: int8 operand {w!r} is not an initializer; ORT is not exact for it here"
+        values = onnx.numpy_helper.to_array(inits[w]).astype(np.int16)
+        zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        zp = onnx.numpy_helper.to_array(inits[zp_name]).astype(np.int16) if zp_name else np.int16(0)
+        new_w, new_zp = f"{w}__u8_{node.name}", f"{zp_name or 'w_zp'}__u8_{node.name}"
+        graph.initializer.append(onnx.numpy_helper.from_array((values + 128).astype(np.uint8), new_w))
+        graph.initializer.append(onnx.numpy_helper.from_array((zp + 128).astype(np.uint8), new_zp))
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        if not inputs[2]:
+            zero = f"a_zp0__{node.name}"
+            graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, np.uint8), zero))
+            inputs[2] = zero
+        inputs[1], inputs[3] = new_w, new_zp
+        del node.input[:]
+        node.input.extend(inputs)
+    return model
+
+
+def weight_codes(model: Model) -> dict[str, np.ndarray]:
+    """The signed weight codes (weight minus its zero point) of every ConvInteger/MatMulInteger
+    with a constant weight, keyed by the weight initializer's name: what the integer form means, whatever its storage
+    (offset-binary uint8 next to uint8 activations, int8 otherwise)."""
+    from compiler.ir import constant_array
+
+    codes = {}
+    for node in model.graph:
+        if node.op_type not in _INTEGER_MAC_WEIGHT or len(node.inputs) < 2:
+            continue
+        weight = constant_array(node.inputs[1])
+        if weight is None:
+            continue
+        zero = constant_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        codes[node.inputs[1].name] = weight.astype(np.int64) - (zero.astype(np.int64) if zero is not None else 0)
+    return codes

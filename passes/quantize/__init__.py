@@ -10,8 +10,11 @@ the input ``QuantizeLinear`` and the output ``DequantizeLinear`` except in *floa
 Tensors
     activations  uint8, asymmetric, per tensor: real = scale * (q - zp), zp in [0, 255]
                  (int8 symmetric when the target policy asks for it)
-    weights      int8, symmetric, per output channel, range [-127, 127] (never -128, so the
-                 u8 x s8 pairwise sums of VNNI cannot saturate)
+    weights      symmetric, per output channel, codes w_q in [-127, 127] (never -128). Stored
+                 next to uint8 activations as uint8 w_q + 128 with weight zero point 128
+                 (offset binary: ONNX Runtime's u8 x s8 kernels on x86 without VNNI add product
+                 pairs in saturating int16, its u8 x u8 kernels are exact); next to int8
+                 activations as int8 w_q without zero point
     bias         int32 = round(b / (s_in * s_w[c])), zero point 0
     accumulator  int32
 
@@ -20,8 +23,9 @@ Entry / exit
     y   = DequantizeLinear(y_q, s_y, zp_y)                    uint8 -> float
 
 Conv / Gemm / MatMul with constant weights
-    acc = ConvInteger(x_q, W_q, zp_x)                         (MatMulInteger for Gemm/MatMul;
-                                                               Gemm weights stored [K, N])
+    acc = ConvInteger(x_q, W_u8, zp_x, 128)                   (MatMulInteger for Gemm/MatMul;
+                                                               Gemm weights stored [K, N];
+                                                               int8 activations: (x_q, W_q, 0))
     acc = Add(acc, B_q)                                       int32 bias, shape [C,1,1] / [N]
     y_q = Requantize(acc)                                     see below
 

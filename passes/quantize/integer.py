@@ -68,6 +68,7 @@ from passes.quantize.qparams import (
     dyadic_array,
     dyadic_bounded,
     quantize_bias,
+    WEIGHT_ZERO_POINT_U8,
     quantize_weight,
     shared_shift_multipliers,
 )
@@ -410,13 +411,14 @@ class _IntegerRewrite:
         rank = len(out.shape) if out.shape is not None else (layer.weight.ndim if layer.kind == "conv" else 2)
         param_shape = [layer.channels] + [1] * (rank - 2) if layer.kind == "conv" else [layer.channels]
         base = node.name or out.name
-        w_value = self.emit.constant(f"{base}_w_q", w_q)
+        weight_inputs = self._weight_operands(base, w_q, xq.qp)
         x_zp = self.emit.scalar(f"x_zp_{xq.qp.dtype}", xq.qp.zero_point, xq.qp.np_dtype)
+        operands = [xq.value, weight_inputs[0], x_zp, *weight_inputs[1:]]
         if layer.kind == "conv":
             attrs = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
-            acc = self.emit.op("ConvInteger", [xq.value, w_value, x_zp], DataType.INT32, out.shape, f"{base}_acc", attrs)
+            acc = self.emit.op("ConvInteger", operands, DataType.INT32, out.shape, f"{base}_acc", attrs)
         else:
-            acc = self.emit.op("MatMulInteger", [xq.value, w_value, x_zp], DataType.INT32, out.shape, f"{base}_acc")
+            acc = self.emit.op("MatMulInteger", operands, DataType.INT32, out.shape, f"{base}_acc")
         acc = self.emit.op("Add", [acc, self.emit.constant(f"{base}_b_q", b_q.reshape(param_shape))], DataType.INT32, out.shape, f"{base}_biased")
         y = self.emit.requantize_accumulator(acc, m.reshape(param_shape), s.reshape(param_shape), qp_out, lo, hi, base)
         nodes = [node] + ([layer.bias_add] if layer.bias_add is not None else []) + folded
@@ -427,6 +429,23 @@ class _IntegerRewrite:
             f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{bits} "
             f"x {layer.channels} channels, dyadic shifts {int(s.min())}..{int(s.max())}{note}"
         )
+
+    def _weight_operands(self, base: str, w_q: np.ndarray, x_qp: ActivationQParams) -> list[Value]:
+        """The weight input(s) of ConvInteger/MatMulInteger for the symmetric codes ``w_q``.
+
+        With uint8 activations the weight is stored offset-binary: uint8 ``w_q + 128`` with the
+        scalar weight zero point 128 (same values: ``(w_q + 128) - 128``). Why: ONNX Runtime's
+        u8 x s8 kernels on x86 without VNNI (AVX2 ``vpmaddubsw``) add pairs of products in int16
+        with saturation (255 * 127 * 2 > 2^15), so a u8 x s8 graph is not exact there, while its
+        u8 x u8 kernels widen to 16 bits first and are exact on every CPU. The TVM converters fold
+        the constant zero point back into an int8 weight (targets/lowering/integer_ops.py), so the
+        int8 dot-product kernels are unchanged. int8 activations keep int8 weights (s8 x s8 is
+        exact in ONNX Runtime).
+        """
+        if x_qp.dtype != "uint8":
+            return [self.emit.constant(f"{base}_w_q", w_q)]
+        offset = (w_q.astype(np.int16) + WEIGHT_ZERO_POINT_U8).astype(np.uint8)
+        return [self.emit.constant(f"{base}_w_q", offset), self.emit.scalar("w_zp_uint8", WEIGHT_ZERO_POINT_U8, np.uint8)]
 
     def lower_add(self, node: Node) -> None:
         a, b = node.inputs
@@ -696,7 +715,8 @@ class QuantizeIntegerPass(Pass):
     """Calibrate on ``ctx.calibration`` and rewrite into the integer-only form (HAWQ-V3, dyadic).
 
     Options:
-        bits: weight bits, 8 (int8 in [-127, 127]) or 4 ([-7, 7], stored in int8).
+        bits: weight bits, 8 (codes in [-127, 127]) or 4 ([-7, 7]); stored offset-binary uint8
+            (+128, zero point 128) next to uint8 activations, int8 next to int8 ones.
         observer: activation range observer, ``minmax`` | ``percentile`` | ``mse``.
         percentile: for ``observer=percentile``, the upper percentile (lower is 100 - p).
         activations: ``uint8`` (asymmetric, default) or ``int8`` (symmetric).
@@ -714,7 +734,7 @@ class QuantizeIntegerPass(Pass):
     Before -> after (ONNX text, uint8 activations; see the package docstring for Requantize)::
 
         c = Conv (x, W, b)                 xq  = QuantizeLinear (x, s_x, zp_x)
-        r = Relu (c)                       acc = ConvInteger (xq, W_q, zp_x)
+        r = Relu (c)                       acc = ConvInteger (xq, W_u8, zp_x, 128)
         y = Gemm <transB=1> (f, V, d)      acc = Add (acc, b_q)
                                            rq  = Requantize (acc) with clamp [zp_r, 255]
                                            ...

@@ -99,6 +99,11 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> Activation
     return ActivationQParams(scale, zero_point, "uint8")
 
 
+#: Zero point of offset-binary uint8 weight storage (codes ``w_q + 128``) next to uint8
+#: activations; see ``integer.Rewriter._weight_operands`` for why.
+WEIGHT_ZERO_POINT_U8 = 128
+
+
 def weight_qmax(bits: int) -> int:
     """Largest symmetric weight code: 127 for 8 bits, 7 for 4 bits (never the asymmetric -2^(b-1))."""
     if bits not in (4, 8):

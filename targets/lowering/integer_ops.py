@@ -54,6 +54,30 @@ def _constant(expr: relax.Expr | None) -> np.ndarray | None:
     return None
 
 
+def centered_int8_weight(w: relax.Expr, w_zp: relax.Expr | None, channel_axis: int) -> tuple[relax.Expr, relax.Expr | None]:
+    """Fold a constant weight zero point into the constant weight: ``w - w_zp`` as int8.
+
+    Exact whenever every centered value fits int8, e.g. the integer-only form's offset-binary
+    uint8 weights (``w_q + 128``, zero point 128) become the symmetric int8 codes ``w_q`` again,
+    which is what the int8 dot-product (VNNI) schedules take. ``w_zp`` may be a scalar or one per
+    output channel (along ``channel_axis`` of ``w``). Returns ``(w, w_zp)`` unchanged when either
+    is not a constant or the centered values do not fit.
+    """
+    w_value = _constant(w)
+    zp_value = _constant(w_zp) if w_zp is not None else None
+    if w_value is None or zp_value is None or not np.any(zp_value):
+        return w, w_zp
+    zp = np.asarray(zp_value, dtype=np.int16).reshape(-1)
+    if zp.size > 1:
+        shape = [1] * w_value.ndim
+        shape[channel_axis] = -1
+        zp = zp.reshape(shape)
+    centered = w_value.astype(np.int16) - zp
+    if centered.min() < -128 or centered.max() > 127:
+        return w, w_zp
+    return relax.const(centered.astype(np.int8), "int8"), None
+
+
 def _attr_str(attr: dict[str, Any], name: str, default: str) -> str:
     value = attr.get(name, default)
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -103,8 +127,8 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
 
     Two lowerings, both exact in int32 (|acc| <= K * 255 * 255 < 2^31 for K < 33000):
 
-    * the integer-only form (weights symmetric, so w_zero_point is absent or a constant 0, and
-      x_zero_point a constant): the conv stays ``conv2d(x_u8/i8, w_i8, out_dtype="int32")`` so an
+    * the integer-only form (weights symmetric, so w_zero_point is absent or a constant that
+      ``centered_int8_weight`` folds into the weight, and x_zero_point a constant): the conv stays ``conv2d(x_u8/i8, w_i8, out_dtype="int32")`` so an
       int8 dot-product schedule (VNNI) can take it, with the zero point moved out:
           conv(x - zx, w) = conv(pad(x, value=zx), w) - zx * sum_{c,kh,kw} w[m]
       (the input is padded with zx explicitly, so the border sees x - zx = 0 like ONNX; the
@@ -121,6 +145,7 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
         x, w = inputs[0], inputs[1]
         x_zp = inputs[2] if len(inputs) > 2 else None
         w_zp = inputs[3] if len(inputs) > 3 else None
+        w, w_zp = centered_int8_weight(w, w_zp, channel_axis=0)
         for name, value in (("x", x), ("w", w)):
             if _dtype(value) not in _INT8_TYPES:
                 raise ValueError(f"ConvInteger: {name} must be int8 or uint8, got {_dtype(value)}")
@@ -196,6 +221,10 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
         a, b = inputs[0], inputs[1]
         a_zp = inputs[2] if len(inputs) > 2 else None
         b_zp = inputs[3] if len(inputs) > 3 else None
+        centered, centered_zp = centered_int8_weight(b, b_zp, channel_axis=-1)
+        if centered is not b:  # the zero point was folded into the weight (now the last input)
+            b, b_zp = centered, centered_zp
+            inputs = [a, b, *inputs[2:3]]
         b_value = _constant(b)
         a_zp_value = _constant(a_zp) if a_zp is not None else np.zeros(())
         b_zp_value = _constant(b_zp) if b_zp is not None else np.zeros(())

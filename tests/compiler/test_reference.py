@@ -21,6 +21,7 @@ from compiler.errors import UnsupportedModelError
 from compiler.reference import SUPPORTED_OPS, ReferenceInterpreterError, run_reference
 from compiler.verify import compare, run_onnxruntime
 from tests.tolerances import EXACT, FP32_REWRITE
+from tests.helpers import ort_exact_form
 
 IR_VERSION = 8
 OPSET = 17
@@ -116,6 +117,12 @@ def requantize(prefix: str, acc: str, out: str, real_scale, zp_out: int, lo: int
     return nodes + tail, inits
 
 
+def offset_binary(w_q: np.ndarray) -> np.ndarray:
+    """The integer-only form's weight storage next to uint8 activations: uint8 ``w_q + 128``
+    (zero point 128; passes/quantize/__init__.py)."""
+    return (np.asarray(w_q).astype(np.int16) + 128).astype(np.uint8)
+
+
 def integer_cnn_model(batch: int = 2, seed: int = 0) -> onnx.ModelProto:
     """x -> QuantizeLinear -> ConvInteger(3->8, 3x3, pad 1) + int32 bias -> Requantize (per-channel,
     Relu folded: LO = zp) -> MaxPool 2x2/2 -> GlobalAveragePool as Cast/ReduceSum/Sub(N*zp) +
@@ -131,15 +138,15 @@ def integer_cnn_model(batch: int = 2, seed: int = 0) -> onnx.ModelProto:
     s_wf = rng.uniform(0.003, 0.01, 10)
     s_o, zp_o = 0.1, 128
     inits = {
-        "s_x": np.float32(s_x), "zp_x": np.uint8(zp_x), "W": w,
+        "s_x": np.float32(s_x), "zp_x": np.uint8(zp_x), "W": offset_binary(w), "zp_w": np.uint8(128),
         "B": rng.integers(-3000, 3000, (8, 1, 1)).astype(np.int32),
         "npool_zp": np.int32(n_pool * zp_c), "pool_axes": np.array([2, 3], np.int64),
-        "zp_g": np.uint8(zp_g), "Wf": wf, "Bf": rng.integers(-2000, 2000, 10).astype(np.int32),
+        "zp_g": np.uint8(zp_g), "Wf": offset_binary(wf), "Bf": rng.integers(-2000, 2000, 10).astype(np.int32),
         "s_o": np.float32(s_o), "zp_o": np.uint8(zp_o),
     }
     nodes = [
         oh.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["xq"], name="quant_in"),
-        oh.make_node("ConvInteger", ["xq", "W", "zp_x"], ["acc"], pads=[1, 1, 1, 1], name="conv"),
+        oh.make_node("ConvInteger", ["xq", "W", "zp_x", "zp_w"], ["acc"], pads=[1, 1, 1, 1], name="conv"),
         oh.make_node("Add", ["acc", "B"], ["accb"], name="conv/bias"),
     ]
     rq, ri = requantize("rq1", "accb", "c_q", s_x * s_w / s_c, zp_c, lo=zp_c, hi=255)
@@ -156,7 +163,7 @@ def integer_cnn_model(batch: int = 2, seed: int = 0) -> onnx.ModelProto:
     inits |= ri
     nodes += [
         oh.make_node("Flatten", ["g_q"], ["flat"], name="flatten"),
-        oh.make_node("MatMulInteger", ["flat", "Wf", "zp_g"], ["facc"], name="fc"),
+        oh.make_node("MatMulInteger", ["flat", "Wf", "zp_g", "zp_w"], ["facc"], name="fc"),
         oh.make_node("Add", ["facc", "Bf"], ["faccb"], name="fc/bias"),
     ]
     rq, ri = requantize("rq3", "faccb", "o_q", s_g * s_wf / s_o, zp_o, shape=(-1,))
@@ -180,14 +187,14 @@ def residual_model(batch: int = 2, seed: int = 1) -> onnx.ModelProto:
     m_a, m_b = (np.round(np.array([s_a, s_x]) / s_out * 2.0**shift)).astype(np.int64)
     inits = {
         "s_x": np.float32(s_x), "zp_x": np.uint8(zp_x),
-        "W": rng.integers(-127, 128, (4, 4, 3, 3)).astype(np.int8),
+        "W": offset_binary(rng.integers(-127, 128, (4, 4, 3, 3))), "zp_w": np.uint8(128),
         "B": rng.integers(-2000, 2000, (4, 1, 1)).astype(np.int32),
         "zp_a64": np.int64(zp_a), "zp_x64": np.int64(zp_x), "M_a": m_a, "M_b": m_b,
         "s_out": np.float32(s_out), "zp_out": np.uint8(zp_out),
     }
     nodes = [
         oh.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["xq"], name="quant_in"),
-        oh.make_node("ConvInteger", ["xq", "W", "zp_x"], ["acc"], pads=[1, 1, 1, 1], name="conv"),
+        oh.make_node("ConvInteger", ["xq", "W", "zp_x", "zp_w"], ["acc"], pads=[1, 1, 1, 1], name="conv"),
         oh.make_node("Add", ["acc", "B"], ["accb"], name="conv/bias"),
     ]
     rq, ri = requantize("rq1", "accb", "a_q", s_x * s_w / s_a, zp_a)
@@ -247,7 +254,7 @@ def random_integer_input(dtype, shape, rng: np.random.Generator) -> np.ndarray:
 def assert_exact(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """reference == ORT bit for bit: same dtypes, shapes and values."""
     ours = run_reference(model, feeds)
-    theirs = run_onnxruntime(model, feeds)
+    theirs = run_onnxruntime(ort_exact_form(model), feeds)
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
         assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)

@@ -19,6 +19,7 @@ pytest.importorskip("tvm")
 
 from compiler.reference import run_reference  # noqa: E402
 from compiler.verify import run_onnxruntime  # noqa: E402
+from tests.helpers import ort_exact_form  # noqa: E402
 from targets import get_target  # noqa: E402
 from targets.lowering import importer, integer_ops, load_library, lower_model  # noqa: E402
 from tests.compiler.test_reference import (  # noqa: E402
@@ -55,7 +56,7 @@ def assert_tvm_exact(model: onnx.ModelProto, feeds_list: list[dict], out_dir: Pa
         expected = run_reference(model, feeds)
         _assert_equal(library.run(feeds), expected, "TVM vs reference")
         if ort:
-            _assert_equal(run_onnxruntime(model, feeds), expected, "ORT vs reference")
+            _assert_equal(run_onnxruntime(ort_exact_form(model), feeds), expected, "ORT vs reference")
 
 
 def _feeds_for(model: onnx.ModelProto, seeds=(0, 1)) -> list[dict]:
@@ -101,6 +102,33 @@ def test_integer_only_conv_keeps_int8_operands():
     assert 'R.nn.pad(x, pad_width=[0, 0, 0, 0, 1, 1, 1, 1], pad_value=3.0' in text
     assert 'R.astype(x, dtype="int32")' not in text
     assert "R.nn.conv2d(" in text and 'out_dtype="int32"' in text
+
+
+def test_offset_binary_weights_fold_back_to_int8(tmp_path):
+    """The integer-only form stores weights next to uint8 activations as uint8 w_q + 128 with
+    zero point 128 (so ONNX Runtime uses its exact u8 x u8 kernels): the converters fold the zero
+    point back into an int8 weight, so the lowered conv / matmul are the same u8 x i8 ops the
+    int8 dot-product schedules take, and the result stays exact."""
+    from tests.compiler.test_reference import offset_binary
+
+    model = conv_integer_model(np.uint8, pads=(1, 1, 1, 1))
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(offset_binary(w), "W"))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.uint8(128), "wzp"))
+    model.graph.node[0].input.append("wzp")
+    text = importer.import_onnx(model, {}).script()
+    assert 'R.astype(x, dtype="int32")' not in text and "R.nn.conv2d(" in text
+    assert_tvm_exact(model, _feeds_for(model), tmp_path / "conv")
+
+    rng = RNG(3)
+    a = random_integer_input(np.uint8, (3, 64), rng)
+    b = random_integer_input(np.int8, (64, 32), rng)
+    b[b == -128] = -127
+    matmul = single_op("MatMulInteger", {"a": a}, np.int32,
+                       {"b": offset_binary(b), "az": np.array(7, np.uint8), "bz": np.array(128, np.uint8)})
+    text = importer.import_onnx(matmul, {}).script()
+    assert re.search(r'R\.matmul\(a, metadata\["[\w.]+"\]\[0\], out_dtype="int32"\)', text), text
+    assert_tvm_exact(matmul, [{"a": a}], tmp_path / "matmul")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ def float_model():
 
 def integer_model(weight_scale: int = 1):
     proto = integer_cnn_model()
-    if weight_scale != 1:  # shrink the int8 weights into the int4 range [-7, 7]
+    if weight_scale != 1:  # shrink the offset-binary weight codes into the int4 range [-7, 7]
         for init in proto.graph.initializer:
             array = onnx.numpy_helper.to_array(init)
-            if array.dtype == np.int8 and array.ndim >= 2:
-                init.CopyFrom(onnx.numpy_helper.from_array((array // weight_scale).astype(np.int8), init.name))
+            if array.dtype == np.uint8 and array.ndim >= 2:
+                codes = (array.astype(np.int16) - 128) // weight_scale
+                init.CopyFrom(onnx.numpy_helper.from_array((codes + 128).astype(np.uint8), init.name))
     return from_proto(onnx.shape_inference.infer_shapes(proto))
 
 

@@ -20,7 +20,7 @@ from passes.quantize.integer import BITS_MAP_KEY
 from passes.quantize.mixed import IlpInfeasible, parse_budget, solve_ilp
 from targets.cost_model import RooflineCostModel
 from targets.registry import get_target
-from tests.helpers import OPSET, check_integer_only, model_from_text
+from tests.helpers import OPSET, check_integer_only, model_from_text, weight_codes
 from tests.tolerances import QUANT_TOP1_DROP_POINTS
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -143,7 +143,7 @@ def test_digits_size_budget_picks_a_mix_and_meets_it() -> None:
     quantize = _record(records, "quantize")
     for name, b in bits.items():
         assert any(f"'{name}'" in n and f"int{b} x" in n for n in quantize.notes), (name, b)
-    codes = {v.name: constant_array(v) for v in model.graph.initializers.values() if v.name.endswith("_w_q")}
+    codes = weight_codes(model)
     for name, b in bits.items():
         (w_q,) = [a for n, a in codes.items() if n.startswith(name + "_w_q")]
         assert np.abs(w_q.astype(np.int64)).max() <= (7 if b == 4 else 127)
