@@ -226,8 +226,10 @@ class PruneChannelsPass(Pass):
             refits = refit_consumers(model, original, list(consumers.values()), kept_outputs, ctx.calibration, ctx.seed)
             for r in refits:
                 if r.applied:
+                    where = "held-out calibration batches" if r.held_out else "calibration data (in-sample: one batch)"
                     notes.append(
-                        f"reconstructed {r.node}: calibration output error {r.error_before:.4g} -> {r.error_after:.4g} (relative)"
+                        f"reconstructed {r.node}: relative output error on {where} {r.error_before:.4g} -> "
+                        f"{r.error_after:.4g} (ridge {r.ridge:g})"
                     )
                 else:
                     notes.append(f"reconstruction of {r.node} not applied (unsupported layout or no improvement)")
