@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from compiler.artifact import Artifact, atomic_output_dir, check_output_dir, load_artifact, signature_of, write_manifest
+from compiler.calibration_data import CalibrationSet, calibration_batches
 from compiler.context import CompileContext, Feeds
 from compiler.errors import OptionError, UnsupportedModelError, VerificationError
 from compiler.frontend import FRONTEND_FACTS, load_and_prepare
@@ -131,33 +132,10 @@ def _sidecar(model_path: Path, kind: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _calibration_feeds(source, model: Model, shapes: dict[str, tuple[int, ...]]) -> list[Feeds]:
-    """Turn a calibration source (npz path, dict of stacked arrays, or iterable of feeds) into batches
-    that match the compiled input shapes."""
-    from compiler.accuracy import load_npz_feeds, split_batches
-
-    names = list(shapes)
-    if source is None:
-        return []
-    if isinstance(source, (str, os.PathLike)):
-        arrays, _ = load_npz_feeds(Path(source), names)
-    elif isinstance(source, Mapping):
-        arrays = dict(source)
-    else:
-        return [dict(feeds) for feeds in source]
-    batch = {shapes[n][0] for n in names if shapes[n]}
-    batch_size = batch.pop() if len(batch) == 1 else 1
-    feeds = split_batches({n: arrays[n] for n in names}, batch_size)
-    for feed in feeds:
-        for name in names:
-            if tuple(feed[name].shape) != shapes[name]:
-                raise OptionError(
-                    f"calibration input '{name}' has samples of shape {list(feed[name].shape)}; "
-                    f"the model is compiled for {list(shapes[name])}"
-                )
-            dtype = next(v.dtype.numpy() for v in model.graph.inputs if v.name == name)
-            feed[name] = feed[name].astype(dtype, copy=False)
-    return feeds
+def _calibration_feeds(source, model: Model, shapes: dict[str, tuple[int, ...]]) -> CalibrationSet:
+    """Batches of the compiled input shapes from any calibration source (compiler.calibration_data)."""
+    dtypes = {v.name: v.dtype.numpy() for v in model.graph.inputs if v.name in shapes}
+    return calibration_batches(source, shapes, dtypes)
 
 
 class _StageChecker:
@@ -307,7 +285,8 @@ def compile_model(
     ir_model, shapes = load_and_prepare(model_path, input_shapes)
     original = copy_model(ir_model)
     calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
-    calib_feeds = _calibration_feeds(calib_source, ir_model, shapes)
+    calib_set = _calibration_feeds(calib_source, ir_model, shapes)
+    calib_feeds = calib_set.batches
     eval_path = Path(eval_data) if eval_data is not None else _sidecar(model_path, "eval")
     if eval_path is not None and not eval_path.is_file():
         raise OptionError(f"--eval {eval_path}: no such file")
@@ -438,6 +417,8 @@ def compile_model(
                 if integer_check or not integer_records
                 else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
             },
+            "calibration": {"samples": calib_set.samples, "batches": len(calib_feeds), "note": calib_set.note}
+            if calib_feeds else None,
             "accuracy": accuracy,
             "quantization": quantization,
             "unscheduled_functions": lowering["unscheduled"] if lowering else None,
@@ -603,7 +584,7 @@ def estimate_model(
     ctx = CompileContext(
         target=target_obj,
         cost_model=RooflineCostModel(target_obj),
-        calibration=_calibration_feeds(calib_source, ir_model, shapes),
+        calibration=_calibration_feeds(calib_source, ir_model, shapes).batches,
         options={"seed": seed},
         input_shapes=shapes,
     )

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--target", default="cpu", help="target name (default: cpu; see --list-targets)")
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./<model-stem>-<target>/)")
     parser.add_argument("--passes", metavar="SPEC", help='pass pipeline, e.g. "canonicalize,fold-constants" (default: canonicalize; see --list-passes; @FILE reads the spec from a file such as pipeline.txt)')
-    parser.add_argument("--calib", metavar="NPZ", help="calibration inputs: .npz of stacked samples keyed by input name (default: <model-stem>.calib.npz beside the model, if present)")
+    parser.add_argument("--calib", metavar="NPZ|DIR", help="calibration inputs: .npz of stacked samples keyed by input name, or a directory of .npy files (<input>.npy stacked, or one file per sample for a one-input model); default: <model-stem>.calib.npz beside the model, if present")
     parser.add_argument("--eval", metavar="NPZ", dest="eval_data", help="held-out inputs plus 'labels' for the accuracy report (default: <model-stem>.eval.npz beside the model, if present)")
     parser.add_argument("--input-shape", metavar="NAME=D0,D1,...", action="append", default=[], help="static shape for an input with symbolic dims (repeatable)")
     quant = parser.add_argument_group("quantization")
