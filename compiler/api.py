@@ -62,6 +62,7 @@ def default_pipeline(
     observer: str | None = None,
     prune: float | None = None,
     lowrank: str | None = None,
+    rounding: str | None = None,
 ) -> str:
     """The pass spec used when the user gives none: canonicalize, then the compressions asked for
     in the order prune -> low-rank -> quantize (structure first, so quantization calibrates the
@@ -71,7 +72,7 @@ def default_pipeline(
     integer-only (HAWQ-V3 dyadic) graph, ``"qdq"`` the QuantizeLinear/DequantizeLinear form that
     ONNX Runtime and TensorRT consume.
     """
-    return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)
+    return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer, rounding)
 
 
 def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None) -> str:
@@ -112,8 +113,11 @@ def _compression_spec(prune: float | None, lowrank: str | None) -> str:
     return spec
 
 
-def _quantize_spec(quantize: str | None, output_format: str, observer: str | None) -> str:
+def _quantize_spec(quantize: str | None, output_format: str, observer: str | None, rounding: str | None = None) -> str:
     if quantize is None:
+        for flag, value in (("--observer", observer), ("--weight-rounding", rounding)):
+            if value:
+                raise OptionError(f"{flag} {value} is a quantization option: add --quantize int8 (or int4)")
         return ""
     bits = {"int8": 8, "int4": 4}.get(quantize)
     if bits is None:
@@ -124,6 +128,12 @@ def _quantize_spec(quantize: str | None, output_format: str, observer: str | Non
     options = [f"bits={bits}"] if bits != 8 else []
     if observer:
         options.append(f"observer={observer}")
+    if rounding and rounding != "nearest":
+        if rounding != "gptq":
+            raise OptionError(f"--weight-rounding {rounding}: expected nearest or gptq")
+        if output_format != "integer":
+            raise OptionError("--weight-rounding gptq applies to the integer-only form (--format integer)")
+        options.append(f"rounding={rounding}")
     return f",{name}" + ("{" + ",".join(options) + "}" if options else "")
 
 
@@ -215,6 +225,7 @@ def compile_model(
     quantize: str | None = None,
     output_format: str = "integer",
     observer: str | None = None,
+    rounding: str | None = None,
     prune: float | None = None,
     lowrank: str | None = None,
     budgets: Mapping[str, str] | None = None,
@@ -248,6 +259,8 @@ def compile_model(
             pipeline; needs calibration data. With explicit ``passes`` it is appended to them.
         output_format: ``"integer"`` (integer-only graph) or ``"qdq"`` (Q/DQ pairs for ORT/TensorRT).
         observer: activation range observer for quantization: minmax, percentile or mse.
+        rounding: weight rounding for quantization: ``"nearest"`` (default) or ``"gptq"`` (codes
+            chosen per layer to minimise its output error on the calibration data).
         prune: remove channels until this fraction of the target's estimated latency is saved.
         lowrank: ``"auto"`` (factorize where the cost model predicts a speed-up) or an energy
             fraction such as ``"0.99"``.
@@ -274,7 +287,8 @@ def compile_model(
     target_obj = get_target(target)
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
-    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop,
+                               rounding)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
@@ -545,15 +559,16 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     return result
 
 
-def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None) -> Pipeline:
+def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None,
+                    rounding=None) -> Pipeline:
     """The user's passes (or the default pipeline) with the compressions asked for appended."""
     mixed = _mixed_precision_spec(budgets, max_drop)
     if mixed and quantize is None:
         raise OptionError("--budget/--max-drop choose bit widths for quantization: add --quantize int8")
     if passes is None and not mixed:
-        return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank))
+        return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank, rounding))
     pipeline = _as_pipeline(passes if passes is not None else "canonicalize")
-    extra = (_compression_spec(prune, lowrank) + mixed + _quantize_spec(quantize, output_format, observer)).lstrip(",")
+    extra = (_compression_spec(prune, lowrank) + mixed + _quantize_spec(quantize, output_format, observer, rounding)).lstrip(",")
     return Pipeline([*pipeline, *Pipeline.parse(extra)]) if extra else pipeline
 
 
@@ -570,6 +585,7 @@ def estimate_model(
     prune: float | None = None,
     lowrank: str | None = None,
     seed: int = 0,
+    rounding: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the passes (no verification, no TVM) and return the target's per-layer cost estimate
     (``targets.cost_model.estimate_table``): what ``compile --estimate-only`` prints."""
@@ -578,7 +594,7 @@ def estimate_model(
 
     model_path = Path(model)
     target_obj = get_target(target)
-    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, rounding=rounding)
     ir_model, shapes = load_and_prepare(model_path, input_shapes)
     calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
     ctx = CompileContext(

@@ -18,6 +18,8 @@ examples:
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
   compile model.onnx --quantize int8 --calib calib.npz
       integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --quantize int4 --weight-rounding gptq --calib calib.npz
+      4-bit weights whose rounding is chosen per layer on the calibration data (GPTQ)
   compile model.onnx --quantize int8 --budget size=2MB --max-drop 0.5 --calib calib.npz
       mixed 8/4-bit weights chosen by an ILP under the budget, within the accuracy drop
   compile model.onnx --prune 0.3 --lowrank auto --calib calib.npz
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
     quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
+    quant.add_argument("--weight-rounding", dest="rounding", choices=["nearest", "gptq"], help="weight rounding: nearest (default) or gptq (per-layer codes that minimise the layer's output error on the calibration data; recommended for int4)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
     compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
     compress.add_argument("--lowrank", metavar="auto|ENERGY", help="factorize Gemm/MatMul/Conv: 'auto' where the cost model predicts a speed-up within the error budget, or keep ENERGY (e.g. 0.99) of the singular-value energy")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = estimate_model(
                 args.model, target, passes=args.passes, input_shapes=shapes, calibration=args.calib,
                 quantize=args.quantize, output_format=args.output_format, observer=args.observer,
-                prune=args.prune, lowrank=args.lowrank, seed=args.seed,
+                prune=args.prune, lowrank=args.lowrank, seed=args.seed, rounding=args.rounding,
             )
             print(_estimate_table(rows))
             return 0
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             output_format=args.output_format,
             observer=args.observer,
+            rounding=args.rounding,
             prune=args.prune,
             lowrank=args.lowrank,
             budgets=_parse_budgets(args.budget),
