@@ -271,7 +271,7 @@ _EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {
 }
 
 # ONNX op types this module makes importable (for support checks and reports).
-SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS)
+SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS) - {UNPACK_OP}  # UNPACK_OP is internal
 
 _MARK = "_edgekiln_integer_ops"
 
