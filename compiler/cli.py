@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
     quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
     quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")
+    quant.add_argument("--sensitivity", choices=["perturbation", "hessian"], help="mixed precision: per-layer sensitivity estimator, output perturbation (default) or Hessian trace x quantization error")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
     compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             lowrank=args.lowrank,
             budgets=_parse_budgets(args.budget),
             max_drop=args.max_drop,
+            sensitivity=args.sensitivity,
             tune=args.tune,
             tuning_records=args.tuning_records,
             seed=args.seed,

@@ -6,7 +6,8 @@ Formulation (``solve_ilp``; HiGHS through ``scipy.optimize.milp``)
 Layers l = 1..L (the Conv/Gemm/MatMul layers ``quantize`` makes integer), choices c in C (weight
 bits 8, 4, optionally float). Binary x[l, c] = 1 iff layer l takes choice c::
 
-    minimise    sum_{l,c} S[l, c] x[l, c]                 S: sensitivity (``sensitivity``), additive
+    minimise    sum_{l,c} S[l, c] x[l, c]                 S: sensitivity (``sensitivity``: output
+                                                          perturbation, or ``hessian``), additive
     subject to  sum_c x[l, c] = 1                         for every layer (one choice)
                 sum_{l,c} R_r[l, c] x[l, c] <= B_r        for every budget r in {size, bops, latency}
                 x[l, c] = x[k, c]                          for every c and tied pair (l, k)
@@ -192,6 +193,11 @@ class MixedPrecisionPass(Pass):
         tie: groups of node names that must take the same bits, ``a+b:c+d``.
         sweep: points of the Pareto front (0 disables it).
         observer: the observer ``quantize`` uses for the ``max_drop`` check.
+        sensitivity: the estimator, ``perturbation`` (output perturbation, ``metric``) or ``hessian``
+            (Hutchinson Hessian trace x squared quantization error, ``passes.quantize.hessian``;
+            falls back to perturbation with a note when the graph has an op torch cannot run).
+        hessian_samples: Rademacher vectors per calibration batch for ``sensitivity=hessian``.
+        hessian_batches: calibration batches (the first ones) the Hessian loss averages over.
 
     Needs what ``quantize`` needs. Preserves every fact: only model metadata changes.
     """
@@ -210,6 +216,9 @@ class MixedPrecisionPass(Pass):
     tie: tuple[str, ...] = ()
     sweep: int = 9
     observer: str = "minmax"
+    sensitivity: str = "perturbation"
+    hessian_samples: int = 16
+    hessian_batches: int = 4
 
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
         choices = list(dict.fromkeys(parse_choice(c) for c in self.choices))
@@ -237,7 +246,7 @@ class MixedPrecisionPass(Pass):
 
         # -- tables ---------------------------------------------------------------------------------
         bits = [CHOICES[c] for c in choices if c != "float"] or [8]
-        sens_table = measure_sensitivity(model, layers, ctx.calibration, sorted(set(bits) | {8, 4}, reverse=True), self.metric)
+        sens_table, method, traces = self._sensitivity(model, layers, ctx, sorted(set(bits) | {8, 4}, reverse=True), notes)
         all_choices = ["8", "4", "float"]
         cost_table = {l.name: {c: layer_costs(l, c, ctx.cost_model, ctx.target) for c in all_choices} for l in layers}
         S = np.array([[sens_table[l.name][c] for c in all_choices] for l in layers])
@@ -335,7 +344,9 @@ class MixedPrecisionPass(Pass):
             "chosen": chosen,
             "uniform": uniform,
             "sensitivity": sens_table,
-            "sensitivity_metric": self.metric,
+            "sensitivity_metric": self.metric if method == "perturbation" else "hessian-trace x quantization error (KL units)",
+            "sensitivity_method": method,
+            "hessian": traces,
             "costs": cost_table,
             "pareto": front,
             "fallbacks": fallbacks,
@@ -346,6 +357,28 @@ class MixedPrecisionPass(Pass):
         return PassResult(model, modified, stats, notes)
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _sensitivity(self, model: Model, layers: list[LayerInfo], ctx: CompileContext, bits: list[int],
+                     notes: list[str]) -> tuple[dict, str, dict]:
+        """(table, method used, Hessian traces or {}); a Hessian that cannot run falls back."""
+        if self.sensitivity not in ("perturbation", "hessian"):
+            raise ValueError(f"option sensitivity={self.sensitivity}: expected perturbation or hessian")
+        if self.sensitivity == "hessian":
+            from passes.quantize.hessian import HessianUnavailable, hessian_sensitivity
+
+            if self.hessian_batches < 1:
+                raise ValueError(f"option hessian_batches={self.hessian_batches}: must be >= 1")
+            try:
+                table, traces = hessian_sensitivity(model, layers, list(ctx.calibration)[: self.hessian_batches], bits,
+                                                    self.hessian_samples)
+            except HessianUnavailable as exc:
+                notes.append(f"hessian sensitivity unavailable ({exc}): using output perturbation ({self.metric})")
+            else:
+                used = min(self.hessian_batches, len(ctx.calibration))
+                notes.append(f"sensitivity: Hessian trace (Hutchinson, {self.hessian_samples} Rademacher vectors x {used} "
+                             "calibration batches, loss = cross-entropy against the fp32 predictions) x squared quantization error")
+                return table, "hessian", traces
+        return measure_sensitivity(model, layers, ctx.calibration, bits, self.metric), "perturbation", {}
+
     @staticmethod
     def _show(resource: str, value: float) -> str:
         return _fmt_bytes(value) if resource == "size" else f"{value * 1e3:.4g} ms est." if resource == "latency" else f"{value:.4g}"

@@ -12,7 +12,8 @@ weight, ``layers.match_layer``) and every precision choice:
   (``metric="kl"``). The float choice has sensitivity 0 by definition. Per-layer sensitivities are
   assumed additive (the ILP's objective), as in HAWQ-V3. One ORT session serves the whole table:
   the layer weights are made overridable graph inputs (their initializers stay as defaults).
-  The second-order (Hessian-trace) estimator of the issue is not implemented.
+  The second-order estimator (Hessian trace x squared quantization error, HAWQ) is
+  ``passes.quantize.hessian``, same table format.
 
 * **costs** per choice (all estimates, labelled so):
     size     bytes of the layer's stored parameters: weights at ``w_bits`` (int4 counted packed,
