@@ -75,10 +75,13 @@ def default_pipeline(
     return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer, rounding)
 
 
-def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None) -> str:
+def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None, sensitivity: str | None = None) -> str:
     """``--budget size=2MB|latency=0.7x|bops=1G`` and ``--max-drop POINTS``: choose per-layer bit
-    widths by the ILP of ``mixed-precision`` before ``quantize``."""
+    widths by the ILP of ``mixed-precision`` before ``quantize``; ``--sensitivity`` picks its
+    estimator (perturbation or hessian)."""
     if not budgets and max_drop is None:
+        if sensitivity is not None:
+            raise OptionError("--sensitivity picks the estimator of mixed precision: add --budget or --max-drop")
         return ""
     options = []
     for key, value in (budgets or {}).items():
@@ -87,6 +90,10 @@ def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | N
         options.append(f"{key}={value}")
     if max_drop is not None:
         options.append(f"max_drop={max_drop}")
+    if sensitivity is not None:
+        if sensitivity not in ("perturbation", "hessian"):
+            raise OptionError(f"--sensitivity {sensitivity}: expected perturbation or hessian")
+        options.append(f"sensitivity={sensitivity}")
     return ",mixed-precision{" + ",".join(options) + "}"
 
 
@@ -230,6 +237,7 @@ def compile_model(
     lowrank: str | None = None,
     budgets: Mapping[str, str] | None = None,
     max_drop: float | None = None,
+    sensitivity: str | None = None,
     tune: int = 0,
     tuning_records: str | os.PathLike | None = None,
     seed: int = 0,
@@ -268,6 +276,9 @@ def compile_model(
             subset); per-layer bits are chosen by an ILP against the target's cost model.
         max_drop: mixed precision: allowed top-1 agreement drop vs fp32 in points; layers are
             raised to 8 bits / float until it holds.
+        sensitivity: mixed precision's per-layer sensitivity estimator: ``"perturbation"``
+            (default: output change with one layer quantized) or ``"hessian"`` (Hutchinson Hessian
+            trace x squared quantization error, run on the graph as torch ops).
         tune: MetaSchedule trials per task to run before building (0: no tuning); records go to
             ``tuning_records`` or :data:`DEFAULT_RECORDS_DIR` and are used by this build.
         tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
@@ -288,7 +299,7 @@ def compile_model(
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
     pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop,
-                               rounding)
+                               sensitivity, rounding)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
@@ -560,9 +571,9 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
 
 
 def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None,
-                    rounding=None) -> Pipeline:
+                    sensitivity=None, rounding=None) -> Pipeline:
     """The user's passes (or the default pipeline) with the compressions asked for appended."""
-    mixed = _mixed_precision_spec(budgets, max_drop)
+    mixed = _mixed_precision_spec(budgets, max_drop, sensitivity)
     if mixed and quantize is None:
         raise OptionError("--budget/--max-drop choose bit widths for quantization: add --quantize int8")
     if passes is None and not mixed:

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
     quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
     quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")
+    quant.add_argument("--sensitivity", choices=["perturbation", "hessian"], help="mixed precision: per-layer sensitivity estimator, output perturbation (default) or Hessian trace x quantization error")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
     quant.add_argument("--weight-rounding", dest="rounding", choices=["nearest", "gptq"], help="weight rounding: nearest (default) or gptq (per-layer codes that minimise the layer's output error on the calibration data; recommended for int4)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             lowrank=args.lowrank,
             budgets=_parse_budgets(args.budget),
             max_drop=args.max_drop,
+            sensitivity=args.sensitivity,
             tune=args.tune,
             tuning_records=args.tuning_records,
             seed=args.seed,

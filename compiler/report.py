@@ -96,6 +96,7 @@ import numpy as np
 
 from compiler.ir import Model, count_parameters
 from compiler.pipeline import PassRecord
+from compiler.report_mixed import mixed_precision_html
 from targets.cost_model import SOURCE_ESTIMATE, SOURCE_MEASURED, model_work
 
 __all__ = [
@@ -752,6 +753,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     quantization = _get(report, "summary", "quantization")
     if quantization:
         body += ["<h2>Quantization error per layer</h2>", _sqnr_table(quantization)]
+    body.append(mixed_precision_html(report))  # compiler/report_mixed.py; '' without mixed precision
     if report.get("lowering") is not None:
         body += ["<h2>Lowering</h2>", _kv_table(report["lowering"])]
     body += [

@@ -52,6 +52,7 @@ from passes.quantize.gptq import MAX_DIM as GPTQ_MAX_DIM
 from passes.quantize.gptq import gptq_layer_codes, output_error
 from passes.quantize import ibert
 from passes.quantize.emit import Emitter
+from passes.quantize.int4 import emit_packed_weight
 from passes.quantize.layers import (
     FLOAT_TYPES,
     Layer,
@@ -424,7 +425,7 @@ class _IntegerRewrite:
         rank = len(out.shape) if out.shape is not None else (layer.weight.ndim if layer.kind == "conv" else 2)
         param_shape = [layer.channels] + [1] * (rank - 2) if layer.kind == "conv" else [layer.channels]
         base = node.name or out.name
-        weight_inputs = self._weight_operands(base, w_q, xq.qp)
+        weight_inputs = self._weight_operands(base, w_q, xq.qp, bits)
         x_zp = self.emit.scalar(f"x_zp_{xq.qp.dtype}", xq.qp.zero_point, xq.qp.np_dtype)
         operands = [xq.value, weight_inputs[0], x_zp, *weight_inputs[1:]]
         if layer.kind == "conv":
@@ -441,7 +442,10 @@ class _IntegerRewrite:
         self.notes.append(
             f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{bits} "
             f"x {layer.channels} channels, dyadic shifts {int(s.min())}..{int(s.max())}{note}"
+            + (" (weights packed two per byte)" if len(weight_inputs) == 2 and weight_inputs[0].producer() is not None else "")
         )
+        if len(weight_inputs) == 2 and weight_inputs[0].producer() is not None:
+            self.stats["packed_int4_layers"] = self.stats.get("packed_int4_layers", 0) + 1
 
     def _input_grams(self) -> dict[int, np.ndarray]:
         """Input Grams of every quantized layer for GPTQ rounding, keyed by node id; layers wider
@@ -462,8 +466,12 @@ class _IntegerRewrite:
         grams = input_grams(self.model, self.ctx.calibration, requests)
         return {int(key): gram for key, gram in grams.items()}
 
-    def _weight_operands(self, base: str, w_q: np.ndarray, x_qp: ActivationQParams) -> list[Value]:
+    def _weight_operands(self, base: str, w_q: np.ndarray, x_qp: ActivationQParams, bits: int = 8) -> list[Value]:
         """The weight input(s) of ConvInteger/MatMulInteger for the symmetric codes ``w_q``.
+
+        4-bit codes next to uint8 activations are stored packed, two per byte, and unpacked by a
+        small integer subgraph with weight zero point 8 (``passes.quantize.int4``), unless the
+        ``pack_int4`` option is off (then they take the 8-bit containers below).
 
         With uint8 activations the weight is stored offset-binary: uint8 ``w_q + 128`` with the
         scalar weight zero point 128 (same values: ``(w_q + 128) - 128``). Why: ONNX Runtime's
@@ -476,6 +484,8 @@ class _IntegerRewrite:
         """
         if x_qp.dtype != "uint8":
             return [self.emit.constant(f"{base}_w_q", w_q)]
+        if bits == 4 and self.opts.pack_int4:
+            return list(emit_packed_weight(self.emit, base, w_q))
         offset = (w_q.astype(np.int16) + WEIGHT_ZERO_POINT_U8).astype(np.uint8)
         return [self.emit.constant(f"{base}_w_q", offset), self.emit.scalar("w_zp_uint8", WEIGHT_ZERO_POINT_U8, np.uint8)]
 
@@ -759,6 +769,9 @@ class QuantizeIntegerPass(Pass):
         bits_map: per-layer weight bits, entries ``name@8`` / ``name@4`` / ``name@float``
             (``quantize{bits_map=conv1@4:fc@8}``); overrides ``bits`` for those layers and the
             ``BITS_MAP_KEY`` model metadata that ``mixed-precision`` writes (read, then removed).
+        pack_int4: store 4-bit weights next to uint8 activations packed two per byte, unpacked by
+            an integer subgraph (``passes.quantize.int4``; the artifact keeps them packed); false
+            keeps them in 8-bit containers (codes in [-7, 7]).
 
     Needs: CONSTANTS_LIFTED (weights are initializers), BN_FOLDED (BN would be an island),
         SHAPES_INFERRED (dtypes of activations, static pool sizes).
@@ -789,6 +802,7 @@ class QuantizeIntegerPass(Pass):
     rounding: str = "nearest"
     exclude: tuple[str, ...] = ()
     bits_map: tuple[str, ...] = ()
+    pack_int4: bool = True
 
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
         check_quantize_options(self.bits, self.observer, self.percentile, self.activations, ctx)

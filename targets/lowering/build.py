@@ -24,7 +24,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import schedules
+from targets.lowering import int4, schedules
 from targets.lowering.errors import lowering_step
 
 
@@ -66,7 +66,9 @@ def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None
             with lowering_step("applying tuning records", str(records)):
                 mod, tuned = tuning.apply_records(mod, tvm_target, records)
         with lowering_step("scheduling"):
+            mod, unpackers = int4.schedule_unpack_kernels(mod, tvm_target)
             mod, report = schedules.apply_default_schedules(mod, tvm_target)
+            report.scheduled.update(dict.fromkeys(unpackers, "int4-unpack"))
         names = {gvar.name_hint for gvar in mod.get_global_vars()}
         for name in tuned:
             # A tuned conv whose weight was pre-packed is renamed "<name>_prepacked".

@@ -96,7 +96,7 @@ def lower_model(
     cross.require_cross_compiler(target)
 
     start = time.perf_counter()
-    mod = importer.import_onnx(model_proto, input_shapes)
+    mod = importer.import_onnx(model_proto, input_shapes, notes)
     seconds["import"] = time.perf_counter() - start
 
     kind = str(resolved.kind.name)
