@@ -42,7 +42,8 @@ precisions, channel_multiple); the caller may add ``"cost_model": RooflineCostMo
      "accuracy": null | {"metric": str (e.g. "top1"), "data": str (eval file),
                          <run>: {<metric>: float, "samples": int}, ...},
                  # runs in order, e.g. "original_onnxruntime", "optimized_onnxruntime",
-                 # "artifact_tvm"; the first is "before", the last is "after" in the HTML card
+                 # "artifact_tvm" (or "artifact_tvm_rpc": run on a board); the first is "before",
+                 # the last is "after" in the HTML card
      "verification": null | {"feeds": str, "num_feeds": int, "per_pass": bool,
                              "artifact_vs_onnxruntime": null | compare() dict,
                              "artifact_on_device_vs_onnxruntime"?: compare() dict + "where"}}

@@ -137,12 +137,21 @@ def _tracker_socket(device: RpcDevice) -> socket.socket:
     return sock
 
 
-def tracker_summary(device: RpcDevice) -> dict[str, Any]:
-    """The tracker's summary: ``{"queue_info": {key: {"free", "pending"}}, "server_info": [...]}``."""
+def _ask_tracker(device: RpcDevice, message: list, wait_s: float | None = None, busy: str = "") -> Any:
+    """Send one tracker command and return its answer's payload (TrackerCode.SUCCESS checked).
+
+    ``wait_s`` bounds the wait for the answer (a REQUEST is answered only when a server is free);
+    when it runs out, OptionError(``busy``).
+    """
     sock = _tracker_socket(device)
     try:
-        rpc_base.sendjson(sock, [rpc_base.TrackerCode.SUMMARY])
+        rpc_base.sendjson(sock, message)
+        if wait_s is not None:
+            sock.settimeout(wait_s)
         value = rpc_base.recvjson(sock)
+    except TimeoutError:
+        # The tracker drops a request whose client has gone (its callback finds the socket closed).
+        raise OptionError(busy) from None
     except (OSError, ValueError) as exc:
         raise OptionError(f"--rpc-tracker {device.tracker}: the tracker did not answer ({one_line(exc)})") from None
     finally:
@@ -150,6 +159,11 @@ def tracker_summary(device: RpcDevice) -> dict[str, Any]:
     if not isinstance(value, list) or value[0] != rpc_base.TrackerCode.SUCCESS:
         raise OptionError(f"--rpc-tracker {device.tracker}: unexpected tracker answer {value!r}")
     return value[1]
+
+
+def tracker_summary(device: RpcDevice) -> dict[str, Any]:
+    """The tracker's summary: ``{"queue_info": {key: {"free", "pending"}}, "server_info": [...]}``."""
+    return _ask_tracker(device, [rpc_base.TrackerCode.SUMMARY])
 
 
 def registered_keys(summary: Mapping[str, Any]) -> dict[str, int]:
@@ -180,24 +194,9 @@ def request_session(device: RpcDevice):
     from tvm import rpc
 
     servers = check_available(device)
-    sock = _tracker_socket(device)
-    try:
-        rpc_base.sendjson(sock, [rpc_base.TrackerCode.REQUEST, device.key, "", 1])
-        sock.settimeout(device.timeout_s)
-        value = rpc_base.recvjson(sock)
-    except TimeoutError:
-        # The tracker drops a request whose client has gone (its callback finds the socket closed).
-        raise OptionError(
-            f"--rpc-key {device.key}: no free RPC server within {device.timeout_s:g} s "
-            f"({servers} registered with this key, all busy); wait, or raise --rpc-timeout"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"--rpc-tracker {device.tracker}: request failed ({one_line(exc)})") from None
-    finally:
-        sock.close()
-    if not isinstance(value, list) or value[0] != rpc_base.TrackerCode.SUCCESS:
-        raise OptionError(f"--rpc-tracker {device.tracker}: unexpected tracker answer {value!r}")
-    url, port, match_key = value[1]
+    busy = (f"--rpc-key {device.key}: no free RPC server within {device.timeout_s:g} s "
+            f"({servers} registered with this key, all busy); wait, or raise --rpc-timeout")
+    url, port, match_key = _ask_tracker(device, [rpc_base.TrackerCode.REQUEST, device.key, "", 1], device.timeout_s, busy)
     try:
         return rpc.connect(url, port, match_key, session_timeout=0)
     except Exception as exc:  # TVM raises RuntimeError/TVMError for refused sessions
