@@ -243,6 +243,9 @@ def compile_model(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    rpc_timeout: float | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for ``target`` into the output directory ``output``.
 
@@ -284,6 +287,10 @@ def compile_model(
         tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
             shipped with edgekiln for this target, if any.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+        rpc_tracker, rpc_key: ``"HOST:PORT"`` of a TVM RPC tracker and the device key of a board
+            registered there: after building, the library runs on the board, is checked against
+            ONNX Runtime and timed there (``run.artifact_rpc`` in the report). ``rpc_timeout``:
+            seconds to wait for a free server (default 60).
 
     Returns:
         CompileResult with the output directory and the report dict.
@@ -304,6 +311,11 @@ def compile_model(
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
         raise OptionError(f"--tuning-records {tuning_records}: no such directory")
+    remote = None
+    if rpc_tracker is not None or rpc_key is not None:
+        from targets.lowering.rpc import device_for_compile
+
+        remote = device_for_compile(target_obj, rpc_tracker, rpc_key, rpc_timeout, lower)  # fails before any work
 
     bar = Progress(total=6, enabled=progress)
     bar.stage("load")
@@ -374,7 +386,7 @@ def compile_model(
         bar.stage("lower")
         lowering: dict[str, Any] | None = None
         library = None
-        lib = None
+        lib = device_lib = device_check = None
         result = None
         skipped_reason: str | None = None
         artifact_check = None
@@ -402,28 +414,30 @@ def compile_model(
                 "artifact": result.artifact,
             }
             timings["lowering_s"] = result.seconds
+            integer_model = optimized_proto if integer_only else None
             if target_obj.runs_locally:
                 bar.stage("verify")
                 lib = load_library(tmp / library, list(shapes))
-                outputs = [lib.run(feeds) for feeds in verify_feeds]
-                flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
-                artifact_check = compare(flat(outputs), flat(reference), "lossy" if lossy else "tvm-backend")
-                if not artifact_check["passed"]:
-                    raise VerificationError(
-                        f"the compiled artifact differs from ONNX Runtime on the original model beyond "
-                        f"the {artifact_check['policy']} tolerance (max abs {artifact_check['max_abs']:.3g})"
-                    )
-                if integer_only:
-                    integer_check = _integer_exactness(optimized_proto, verify_feeds, outputs)
+                artifact_check, integer_check = _check_artifact(lib, verify_feeds, reference, lossy, integer_model)
                 if measure:
                     feeds0 = verify_feeds[0]
                     timings["artifact"] = _time_callable(lambda: lib.run(feeds0))
                     ref_session = ort_session(original, optimize=True)
                     timings["onnxruntime_fp32"] = _time_callable(lambda: ref_session.run(None, feeds0))
+            if remote is not None:  # the same checks on the board, and its latency measured there
+                bar.stage("device")
+                from targets.lowering.rpc import RemoteLibrary
+
+                device_lib = RemoteLibrary(remote, tmp / library, list(shapes))
+                device_check, device_integer = _check_artifact(device_lib, verify_feeds, reference, lossy, integer_model, remote.describe())
+                artifact_check, integer_check = artifact_check or device_check, integer_check or device_integer
+                if measure:
+                    timings["artifact_rpc"] = device_lib.time(verify_feeds[0])
 
         # -- accuracy ------------------------------------------------------------------------------
         bar.stage("accuracy")
-        accuracy = _accuracy(eval_path, shapes, original, ir_model, lib)
+        accuracy = _accuracy(eval_path, shapes, original, ir_model, lib or device_lib,
+                             "artifact_tvm" if lib is not None else "artifact_tvm_rpc")
 
         summary = {
             "before": _summary_numbers(summary_before),
@@ -438,6 +452,7 @@ def compile_model(
                 "num_feeds": len(verify_feeds),
                 "per_pass": do_verify,
                 "artifact_vs_onnxruntime": artifact_check,
+                **({"artifact_on_device_vs_onnxruntime": device_check} if device_check else {}),
                 "integer_bit_exact": integer_check
                 if integer_check or not integer_records
                 else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
@@ -512,7 +527,27 @@ def _tuning_records(model_proto, target, shapes, tune: int, records, timings: di
     return SHIPPED_RECORDS_DIR if SHIPPED_RECORDS_DIR.is_dir() else None
 
 
-def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: list[list[np.ndarray]]) -> dict[str, Any]:
+def _check_artifact(lib, feeds_list: list[Feeds], reference: list[list[np.ndarray]], lossy: bool,
+                    integer_model=None, where: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Run the compiled library ``lib`` (here, or on a board: anything with ``run(feeds)``) on the
+    verification feeds and compare with ONNX Runtime on the original model; with ``integer_model``
+    also the bit-exact check. Raises VerificationError (naming ``where``) on a difference."""
+    outputs = [lib.run(feeds) for feeds in feeds_list]
+    flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
+    check = compare(flat(outputs), flat(reference), "lossy" if lossy else "tvm-backend")
+    if where:
+        check["where"] = where
+    if not check["passed"]:
+        raise VerificationError(
+            f"the compiled artifact{' on ' + where if where else ''} differs from ONNX Runtime on the original model "
+            f"beyond the {check['policy']} tolerance (max abs {check['max_abs']:.3g})"
+        )
+    integer = _integer_exactness(integer_model, feeds_list, outputs, where) if integer_model is not None else None
+    return check, integer
+
+
+def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: list[list[np.ndarray]],
+                       where: str | None = None) -> dict[str, Any]:
     """Integer-only graphs must give bit-identical outputs in the numpy reference interpreter,
     ONNX Runtime and the TVM artifact; raise VerificationError naming the pair that differs."""
     from compiler.reference import run_reference
@@ -527,8 +562,11 @@ def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: l
             if not all(np.array_equal(a, b) for a, b in zip(got, ort_out)):
                 raise VerificationError(
                     f"integer-only graph is not bit-exact: {key.replace('_vs_', ' vs ').replace('_', ' ')} "
-                    f"differ (max abs {compare(got, ort_out, 'lossy')['max_abs']:.3g})"
+                    f"differ{' on ' + where if where and key.startswith('artifact') else ''} "
+                    f"(max abs {compare(got, ort_out, 'lossy')['max_abs']:.3g})"
                 )
+    if where:
+        result["where"] = where
     result["passed"] = True
     return result
 
@@ -547,8 +585,10 @@ def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: summary[key] for key in ("nodes", "params", "macs", "weight_bytes")}
 
 
-def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model, lib) -> dict[str, Any] | None:
-    """Top-1 on the eval split for the original (ORT), optimized (ORT) and compiled (TVM) model."""
+def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model, lib,
+              lib_label: str = "artifact_tvm") -> dict[str, Any] | None:
+    """Top-1 on the eval split for the original (ORT), optimized (ORT) and compiled (TVM) model
+    (``lib``: run here, or on a board for ``artifact_tvm_rpc``)."""
     if eval_path is None:
         return None
     from compiler.accuracy import evaluate_classification, load_npz_feeds
@@ -566,7 +606,7 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     for key, session_run in runs.items():
         result[key] = evaluate_classification(lambda f, r=session_run: r(None, f), arrays, labels, batch, names)
     if lib is not None:
-        result["artifact_tvm"] = evaluate_classification(lib.run, arrays, labels, batch, names)
+        result[lib_label] = evaluate_classification(lib.run, arrays, labels, batch, names)
     return result
 
 

@@ -26,6 +26,8 @@ examples:
       prune channels and factorize layers where the target's cost model says it pays
   compile model.onnx --tune 32 --tuning-records records/
       tune with MetaSchedule once; later compiles with --tuning-records records/ reuse it
+  compile model.onnx --target rpi4 --rpc-tracker 127.0.0.1:9190 --rpc-key rpi4
+      build for the board, then run, check and time the artifact on it through a TVM RPC tracker
   compile model.onnx --input-shape x=1,3,224,224
       fix symbolic input dims (repeat the option for several inputs)
   compile model.onnx --passes "canonicalize,my-pass{ratio=0.5}" --plugin my_passes
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", metavar="TRIALS", type=int, default=0, help="tune conv/matmul kernels with MetaSchedule (TRIALS per kernel) before building; Ctrl-C stops and keeps what was found")
     tuning.add_argument("--tuning-records", metavar="DIR", help="apply (and with --tune, extend) the tuning records in DIR (default for --tune: ~/.cache/edgekiln/tuning)")
+    board = parser.add_argument_group("running on a board (TVM RPC; see README 'Measuring on a board')")
+    board.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker: after building, run the artifact on a board registered there, compare it with ONNX Runtime and time it on the board")
+    board.add_argument("--rpc-key", metavar="KEY", help="device key the board's rpc_server registered with (its --key)")
+    board.add_argument("--rpc-timeout", metavar="SECONDS", type=float, help="how long to wait for a free server with the key (default: 60)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
     verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
@@ -106,7 +112,7 @@ def _summary_line(result) -> str:
     report = result.report
     lines = [f"wrote {result.output_dir}/"]
     check = report.get("summary", {}).get("verification", {}).get("artifact_vs_onnxruntime")
-    if check:
+    if check and "where" not in check:  # a check made on a board is reported on its own line below
         lines.append(f"  artifact vs ONNX Runtime: max abs error {check['max_abs']:.3g} ({check['policy']}: {'ok' if check['passed'] else 'FAILED'})")
     exact = report.get("summary", {}).get("verification", {}).get("integer_bit_exact")
     if exact:
@@ -119,6 +125,12 @@ def _summary_line(result) -> str:
     if "artifact" in run and "onnxruntime_fp32" in run:
         ours, ref = run["artifact"]["median_ms"], run["onnxruntime_fp32"]["median_ms"]
         lines.append(f"  latency (measured, this machine): {ours:.3f} ms vs ONNX Runtime {ref:.3f} ms ({ours / ref:.2f}x)")
+    device = report.get("summary", {}).get("verification", {}).get("artifact_on_device_vs_onnxruntime")
+    if device:
+        lines.append(f"  on {device['where']}: max abs error {device['max_abs']:.3g} vs ONNX Runtime ({device['policy']}: ok)")
+    if "artifact_rpc" in run:
+        lines.append(f"  latency (measured on the device via TVM RPC, key '{run['artifact_rpc']['key']}'): "
+                     f"{run['artifact_rpc']['median_ms']:.3f} ms, median of {run['artifact_rpc']['runs']}")
     lines.append(f"  report: {result.output_dir / 'report.html'}")
     return "\n".join(lines)
 
@@ -190,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             tuning_records=args.tuning_records,
             seed=args.seed,
             progress=False if args.quiet else None,
+            rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key,
+            rpc_timeout=args.rpc_timeout,
         )
     except EdgekilnError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,6 +33,8 @@ class BuildOutput:
     executable: tvm.runtime.Executable
     schedule_report: schedules.ScheduleReport
     seconds: float
+    #: the scheduled module ``tvm.compile`` compiled (kernel signatures: targets/lowering/kernels.py)
+    module: tvm.IRModule | None = None
 
 
 def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
@@ -75,7 +77,7 @@ def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None
             report.scheduled[name if name in names else f"{name}_prepacked"] = "tuned"
         with lowering_step("compile"):
             executable = tvm.compile(mod, target=tvm_target)
-    return BuildOutput(executable, report, time.perf_counter() - start)
+    return BuildOutput(executable, report, time.perf_counter() - start, mod)
 
 
 def export(executable: tvm.runtime.Executable, path: Path, cross_compiler: str | None = None) -> float:

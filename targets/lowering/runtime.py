@@ -19,14 +19,36 @@ from compiler.errors import LoweringError, OptionError
 from targets.lowering.errors import one_line
 
 
-def _flatten(value) -> list[np.ndarray]:
+def flatten_outputs(value) -> list[np.ndarray]:
     """VM results (one tensor, or a tuple of them for several graph outputs) as numpy arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     out: list[np.ndarray] = []
     for item in value:  # tvm-ffi Array (a Relax tuple)
-        out += _flatten(item)
+        out += flatten_outputs(item)
     return out
+
+
+def ordered_inputs(feeds: Mapping[str, np.ndarray], input_names: Sequence[str]) -> list[np.ndarray]:
+    """``feeds`` as contiguous arrays in graph order (the VM knows inputs only by position).
+
+    Raises OptionError naming the missing and unexpected input names.
+    """
+    missing = [name for name in input_names if name not in feeds]
+    extra = sorted(set(feeds) - set(input_names))
+    if missing or extra:
+        raise OptionError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
+    return [np.ascontiguousarray(feeds[name]) for name in input_names]
+
+
+def run_error(exc: BaseException, message: str) -> Exception:
+    """The user-facing error for a failed VM call: OptionError for a wrong feed, else LoweringError.
+
+    The VM checks each argument against the compiled signature (shape and dtype) and says which
+    parameter failed (``loc=param``): that is a wrong feed, not a compiler fault.
+    """
+    message = f"{message}: {one_line(exc)}"
+    return OptionError(message) if "loc=param" in str(exc) else LoweringError(message)
 
 
 class LoadedLibrary:
@@ -48,21 +70,12 @@ class LoadedLibrary:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs for ``feeds`` (input name -> array) in graph order."""
-        missing = [name for name in self.input_names if name not in feeds]
-        extra = sorted(set(feeds) - set(self.input_names))
-        if missing or extra:
-            raise OptionError(f"inputs do not match the model: missing {missing}, unexpected {extra}")
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), self.device) for name in self.input_names]
+        args = [tvm.runtime.tensor(array, self.device) for array in ordered_inputs(feeds, self.input_names)]
         try:
             result = self._vm["main"](*args)
         except Exception as exc:
-            message = f"running '{self.path.name}' failed: {one_line(exc)}"
-            # The VM checks each argument against the compiled signature (shape and dtype) and says
-            # which parameter failed: that is a wrong feed, not a compiler fault.
-            if "loc=param" in str(exc):
-                raise OptionError(message) from exc
-            raise LoweringError(message) from exc
-        return _flatten(result)
+            raise run_error(exc, f"running '{self.path.name}' failed") from exc
+        return flatten_outputs(result)
 
     def __repr__(self) -> str:
         return f"LoadedLibrary({str(self.path)!r}, input_names={self.input_names})"
