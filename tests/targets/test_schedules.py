@@ -125,6 +125,20 @@ def test_conv2d_direct(k, s, p, f):
     assert all(name.endswith("_prepacked") for name in report.scheduled), report
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (1, 2, 0), (3, 1, 0)], ids=["padded", "1x1s2-unpadded", "3x3-unpadded"])
+def test_conv2d_reads_channels_last_copy(k, s, p):
+    """The direct conv reads its input from a channels-last [n, h, w, c] copy: the padding stage
+    re-laid out when the conv pads, a transposing copy otherwise."""
+    o = (20 + 2 * p - k) // s + 1
+    proto = make_model(CONV.format(k=k, s=s, p=p, f=32, o=o), {"w": (32, 16, k, k), "b": (32,)})
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    (name,) = report.scheduled
+    side = 20 + 2 * p
+    assert f"(T.int64(1), T.int64({side}), T.int64({side}), T.int64(16))" in mod[name].script()
+
+
 def test_conv2d_residual_epilogue_stays_fused():
     """conv + bias + residual add + relu is one function, scheduled as one conv kernel."""
     proto = make_model(
@@ -262,7 +276,28 @@ def test_pooling():
         }
         """
     )
-    check(proto, {"max_pool2d": "reduction", "mean": "reduction"})
+    check(proto, {"max_pool2d": "maxpool", "mean": "reduction"})
+
+
+@pytest.mark.parametrize(
+    "hw,k,s,p", [(112, 3, 2, 1), (15, 3, 1, 1), (28, 2, 2, 0), (17, 3, 2, 0)],
+    ids=["resnet-stem-pool", "s1-pad", "2x2s2", "odd-unpadded"],
+)
+def test_maxpool_float(hw, k, s, p):
+    """fp32 max pooling goes to the MaxPool rule (per-plane padding, vectorized window taps) and
+    equals ONNX Runtime exactly in value (max is exact in any order)."""
+    o = (hw + 2 * p - k) // s + 1
+    proto = make_model(
+        f"""
+        agraph (float[1, 8, {hw}, {hw}] x) => (float[1, 8, {o}, {o}] y) {{
+            y = MaxPool <kernel_shape = [{k}, {k}], pads = [{p}, {p}, {p}, {p}], strides = [{s}, {s}]> (x)
+        }}
+        """
+    )
+    feeds = feeds_for(proto)
+    outs, report, _ = compile_onnx(proto, feeds)
+    assert list(report.scheduled.values()) == ["maxpool"], report
+    np.testing.assert_array_equal(outs[0], ort_reference(proto, feeds)[0])
 
 
 def test_elementwise_chain():
@@ -301,10 +336,10 @@ def test_small_cnn_fully_scheduled():
          "b3": (16,), "w4": (10, 16), "b4": (10,)},
         {"lo": 0.0, "hi": 6.0},
     )
-    report = check(proto, {"max_pool2d": "reduction"})
+    report = check(proto, {"max_pool2d": "maxpool"})
     assert isinstance(report, ScheduleReport)
     rules = set(report.scheduled.values())
-    assert {"conv2d-direct", "conv2d-grouped", "matmul", "reduction"} <= rules, report
+    assert {"conv2d-direct", "conv2d-grouped", "matmul", "maxpool", "reduction"} <= rules, report
 
 
 def test_avx2_register_budget():
