@@ -410,3 +410,29 @@ def test_strided_depthwise(hw, s):
         {"w": (24, 1, 3, 3), "b": (24,)},
     )
     check(proto, {"conv2d": "conv2d-grouped"})
+
+
+@pytest.mark.parametrize("hw,s,p", [(14, 1, 1), (28, 2, 1), (7, 1, 0)], ids=["s1", "s2", "unpadded"])
+def test_depthwise_channel_blocked(hw, s, p):
+    """Depthwise convs with short output rows are vectorized over V channels: the padded copy is
+    NCHW{V}c ([n, c/V, h, w, V]) and the result equals ORT within the TVM tolerance."""
+    lanes = common.vector_lanes(host_target(), "float32")
+    c = 2 * lanes
+    o = (hw + 2 * p - 3) // s + 1
+    proto = make_model(
+        f"""
+        agraph (float[1, {c}, {hw}, {hw}] x) => (float[1, {c}, {o}, {o}] y) {{
+            d = Conv <kernel_shape = [3, 3], pads = [{p}, {p}, {p}, {p}], strides = [{s}, {s}], group = {c}> (x, w, b)
+            y = Clip (d, lo, hi)
+        }}
+        """,
+        {"w": (c, 1, 3, 3), "b": (c,)},
+        {"lo": 0.0, "hi": 6.0},
+    )
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    assert set(report.scheduled.values()) == {"conv2d-grouped"}, report
+    (name,) = report.scheduled
+    side = hw + 2 * p
+    assert f"(T.int64(1), T.int64(2), T.int64({side}), T.int64({side}), T.int64({lanes}))" in mod[name].script()
