@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(_table(results))
     feats = record["machine"]["features"]
-    print(f"machine: {record['machine']['cpu']}, {record['machine']['logical_cores']} cores; "
+    print(f"machine: {record['machine']['cpu']} ({record['machine']['llvm_cpu']}), {record['machine']['logical_cores']} cores; "
           + ", ".join(k for k, v in feats.items() if v))
     history = RESULTS / "history.jsonl"
     previous = None
     if history.exists():
         lines = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-        same = [r for r in lines if r["machine"]["cpu"] == record["machine"]["cpu"]]
+        same = [r for r in lines if machine.same_machine(r["machine"], record["machine"])]
         previous = same[-1] if same else None
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)

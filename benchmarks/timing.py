@@ -26,3 +26,34 @@ def measure(fn: Callable[[], object], runs: int = 20, warmup: int = 3, max_secon
         "p90_ms": float(np.percentile(ms, 90)),
         "runs": len(samples),
     }
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3,
+                        max_seconds: float = 240.0) -> dict[str, dict]:
+    """Time several callables in alternation: round r runs each of them once (the order rotates
+    every round), so a burst of load from other processes on a shared machine lands on all of
+    them alike and their ratios stay meaningful. Returns ``measure``'s statistics per name."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    deadline = time.perf_counter() + max_seconds
+    rounds = 0
+    while rounds < runs and (rounds < 3 or time.perf_counter() < deadline):
+        order = names[rounds % len(names):] + names[: rounds % len(names)] if names else []
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+        rounds += 1
+    out = {}
+    for name, values in samples.items():
+        ms = np.array(values) * 1e3
+        out[name] = {
+            "median_ms": float(np.median(ms)),
+            "min_ms": float(ms.min()),
+            "p90_ms": float(np.percentile(ms, 90)),
+            "runs": len(values),
+        }
+    return out
