@@ -202,6 +202,28 @@ def test_dense():
     check(proto, {"matmul": "matmul"})
 
 
+def test_matmul_constant_weight_is_prepacked():
+    """A constant [K, N] weight (MatMul, no transpose) is packed to [N/tile, K, tile] at compile
+    time (the function is renamed *_prepacked), exact vs ORT; a matrix-vector product gets a
+    multi-vector tile (several independent accumulators)."""
+    proto = make_model(
+        """
+        agraph (float[1, 96] x) => (float[1, 200] y) {
+            m = MatMul (x, w)
+            y = Add (m, b)
+        }
+        """,
+        {"w": (96, 200), "b": (200,)},
+    )
+    report = check(proto, {"matmul": "matmul"})
+    assert all(name.endswith("_prepacked") for name in report.scheduled), report
+    from targets.lowering.schedules.matmul import choose_tile
+
+    assert choose_tile(1, 1000, 8, 16) == (8, 5, 1)  # 125 vectors: 5 accumulators, not 1
+    v, nb, _ = choose_tile(1, 1000, 16, 32)
+    assert v * nb == 40  # AVX-512: 1000 is not a multiple of 16 lanes, so 5 vectors of 8
+
+
 def test_batch_matmul_attention_shapes():
     proto = make_model(
         """
