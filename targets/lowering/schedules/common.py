@@ -194,6 +194,36 @@ def fuse_epilogue(sch: s_tir.Schedule, anchor):
     return tail[-1] if tail else None
 
 
+def attach_write_back(sch: s_tir.Schedule, acc, epilogue, tile_loop, task_loops, parallel: bool):
+    """Write a register tile back once per tile: compute the accumulator's write-back block
+    ``acc`` under ``tile_loop`` with the fused ``epilogue`` (if any) inlined into it, and fuse
+    ``task_loops`` into the task loop, parallel when ``parallel``. Returns the task loop."""
+    sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)
+    if epilogue is not None:
+        sch.reverse_compute_inline(epilogue)
+    task = sch.fuse(*task_loops)
+    if parallel:
+        sch.parallel(task)
+    return task
+
+
+def unroll_and_vectorize_tile(sch: s_tir.Schedule, block, unrolled, vector_loop, reduction_loop):
+    """The register-tile micro-kernel's inner loops: unroll ``unrolled`` (the tile's rows and
+    vector blocks), vectorize ``vector_loop`` (None: a scalar tile), split the accumulator
+    initialization off above ``reduction_loop`` and give it the same unrolled/vector loops."""
+    for loop in unrolled:
+        sch.unroll(loop)
+    if vector_loop is not None:
+        sch.vectorize(vector_loop)
+    init = sch.decompose_reduction(block, reduction_loop)
+    init_loops = sch.get_loops(init)
+    for loop in init_loops[-1 - len(unrolled) : -1]:
+        sch.unroll(loop)
+    if vector_loop is not None:
+        sch.vectorize(init_loops[-1])
+    return init
+
+
 def is_output(sch: s_tir.Schedule, func: tirx.PrimFunc, block) -> bool:
     """True if ``block`` writes one of ``func``'s parameters (an output of the function)."""
     return any(any(w.source.same_as(p) for p in func.params) for w in sch.get(block).writes)

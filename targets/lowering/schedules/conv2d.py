@@ -187,23 +187,8 @@ class Conv2dDirect(common.ScheduleRule):
         fo, fb, fv = sch.split(f, [None, nb, v])
         xo, xi = sch.split(x, [None, xt])
         sch.reorder(n, fo, *rows, xo, ry, rx, rc, xi, fb, fv)
-        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
-
-        outer = sch.fuse(n, fo, *rows, xo)
-        if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
-            sch.parallel(outer)
-        sch.unroll(xi)
-        sch.unroll(fb)
-        if v > 1:
-            sch.vectorize(fv)
-        init = sch.decompose_reduction(conv, ry)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-3])
-        sch.unroll(init_loops[-2])
-        if v > 1:
-            sch.vectorize(init_loops[-1])
+        common.attach_write_back(sch, acc, epilogue, xo, [n, fo, *rows, xo], N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS)
+        common.unroll_and_vectorize_tile(sch, conv, [xi, fb], fv if v > 1 else None, ry)
 
         schedule_relayout(sch, data, N * C * OH * OW >= common.MIN_PARALLEL_ELEMENTS)
         return sch
@@ -245,20 +230,8 @@ class Conv2dDirect(common.ScheduleRule):
         fo, fi = sch.split(f, [None, t])
         po, pb, pv = sch.split(p, [None, nb, lanes])
         sch.reorder(n, po, fo, ry, rx, rc, fi, pb, pv)
-        sch.reverse_compute_at(acc, fo, preserve_unit_loops=True)
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
-        outer = sch.fuse(n, po, fo)
-        if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
-            sch.parallel(outer)
-        sch.unroll(fi)
-        sch.unroll(pb)
-        sch.vectorize(pv)
-        init = sch.decompose_reduction(conv, ry)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-3])
-        sch.unroll(init_loops[-2])
-        sch.vectorize(init_loops[-1])
+        common.attach_write_back(sch, acc, epilogue, fo, [n, po, fo], N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS)
+        common.unroll_and_vectorize_tile(sch, conv, [fi, pb], pv, ry)
         wb = sch.get_loops(acc)
         _, wv = sch.split(wb[-1], [None, lanes])
         sch.vectorize(wv)

@@ -148,21 +148,11 @@ class GroupConv2d(common.ScheduleRule):
         sch.reorder(n, fo, y, xo, rc, ry, rx, xi, fv)
         acc = sch.cache_write(conv, 0, "local")
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
-        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
-        outer = sch.fuse(n, fo, y)
         parallel = N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS
-        if parallel:
-            sch.parallel(outer)
+        common.attach_write_back(sch, acc, epilogue, xo, [n, fo, y], parallel)
         sch.unroll(ry)
         sch.unroll(rx)
-        sch.unroll(xi)
-        sch.vectorize(fv)
-        init = sch.decompose_reduction(conv, rc)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-2])
-        sch.vectorize(init_loops[-1])
+        common.unroll_and_vectorize_tile(sch, conv, [xi], fv, rc)
         write_back = sch.get_loops(acc)
         if xt > 1:
             sch.vectorize(write_back[-1])  # contiguous columns of one output channel
