@@ -438,6 +438,8 @@ def compile_model(
         bar.stage("accuracy")
         accuracy = _accuracy(eval_path, shapes, original, ir_model, lib or device_lib,
                              "artifact_tvm" if lib is not None else "artifact_tvm_rpc")
+        if device_lib is not None:
+            device_lib.close()  # free the board for the next client now, not at garbage collection
 
         summary = {
             "before": _summary_numbers(summary_before),

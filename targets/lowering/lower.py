@@ -139,6 +139,9 @@ def lower_model(
                 if records is None:
                     notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
             built = build_step.build(mod, resolved, records)
+            if records is not None:
+                tuned = sum(1 for rule in built.schedule_report.scheduled.values() if rule == "tuned")
+                notes.append(f"tuning records {records}: {tuned} kernel(s) use a tuned schedule, the others the default rules")
         seconds["build"] = built.seconds
         seconds["export"] = build_step.export(built.executable, path, target.cross_compiler)
         artifact = _read_back_library(path, target, kind, resolved, notes)

@@ -21,6 +21,7 @@ server registered (``--rpc-key``), no free server within the timeout (``--rpc-ti
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import socket
 import statistics
@@ -259,7 +260,7 @@ class RemoteLibrary:
         try:
             self._set_input(feeds)
             self._vm.invoke_stateful("main")
-            return flatten_outputs(self._vm.get_outputs("main"))
+            return flatten_outputs(self._vm.get_outputs("main"), to_numpy=lambda tensor: tensor.numpy())
         except OptionError:
             raise
         except Exception as exc:
@@ -309,8 +310,9 @@ class RemoteLibrary:
 
     def close(self) -> None:
         """End the session (the server frees itself for the next client)."""
-        self._vm = self._module = None
+        self._vm = self._module = self.device = None
         self.session = None
+        gc.collect()  # the session ends when its last reference goes, which may sit in a cycle
 
     def __repr__(self) -> str:
         return f"RemoteLibrary({str(self.path)!r}, {self.rpc.describe()})"
