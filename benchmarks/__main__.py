@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,19 +25,19 @@ MODELS = ("digits", "transformer", "resnet18", "mobilenetv2")
 
 
 def _table(results: list[dict]) -> str:
-    head = f"{'model':<12} {'batch':>5}  " + "  ".join(f"{v:>20}" for v in latency.VARIANTS)
-    lines = [head, "-" * len(head)]
+    head = f"{'model':<12} {'batch':>5}  " + "  ".join(f"{v:>23}" for v in latency.VARIANTS)
+    lines = [head, "-" * len(head), "  (median ms, median ratio / fastest-run ratio to onnxruntime_fp32)"]
     for r in results:
         cells = []
         for v in latency.VARIANTS:
             e = r["variants"].get(v)
             if not e:
-                cells.append(f"{'-':>20}")
+                cells.append(f"{'-':>23}")
             elif "median_ms" in e:
-                ratio = e.get("ratio_to_onnxruntime_fp32")
-                cells.append(f"{e['median_ms']:>10.3f}ms ({ratio:4.2f}x)" if ratio else f"{e['median_ms']:>12.3f}ms")
+                ratio, low = e.get("ratio_to_onnxruntime_fp32"), e.get("min_ratio_to_onnxruntime_fp32")
+                cells.append(f"{e['median_ms']:>9.3f}ms {ratio:4.2f}x/{low:4.2f}x" if ratio else f"{e['median_ms']:>21.3f}ms")
             else:
-                cells.append(f"{e['status']:>20}")
+                cells.append(f"{e['status']:>23}")
         lines.append(f"{r['model']:<12} {r['batch']:>5}  " + "  ".join(cells))
     return "\n".join(lines)
 
@@ -58,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--variants", nargs="+", default=list(latency.VARIANTS), choices=latency.VARIANTS)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per variant after warm-up (default 20)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for ONNX Runtime (intra-op) and for edgekiln's artifacts (TVM_NUM_THREADS); 0 = all cores")
     parser.add_argument("--check", action="store_true", help="fail when a ratio regressed against the previous run")
     parser.add_argument("--tolerance", type=float, default=0.15, help="allowed relative ratio regression for --check")
     parser.add_argument("--no-save", action="store_true", help="print only; write no result files")
     args = parser.parse_args(argv)
 
+    if args.threads > 0:
+        # Read by TVM's thread pool when it starts (the first parallel kernel), after this line.
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
     results = []
     for name in args.models:
         for batch in args.batch:
@@ -73,17 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe(),
         "runs": args.runs,
+        "threads": args.threads or "all cores",
         "results": results,
     }
     print(_table(results))
     feats = record["machine"]["features"]
-    print(f"machine: {record['machine']['cpu']}, {record['machine']['logical_cores']} cores; "
+    print(f"machine: {record['machine']['cpu']} ({record['machine']['llvm_cpu']}), {record['machine']['logical_cores']} cores, threads: {record['threads']}; "
           + ", ".join(k for k, v in feats.items() if v))
     history = RESULTS / "history.jsonl"
     previous = None
     if history.exists():
         lines = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-        same = [r for r in lines if r["machine"]["cpu"] == record["machine"]["cpu"]]
+        same = [r for r in lines if machine.same_machine(r["machine"], record["machine"])
+                and r.get("threads", "all cores") == record["threads"]]
         previous = same[-1] if same else None
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)

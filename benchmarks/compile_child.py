@@ -22,17 +22,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--passes", default=None)
     parser.add_argument("--quantize", default=None)
     parser.add_argument("--calib", default=None)
+    parser.add_argument("--tuning-records", default=None,
+                        help="a records directory, or 'none' for the default schedules only (no shipped records)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    import tempfile
+
     from compiler.api import compile_model
     from compiler.frontend import parse_input_shape
 
     shapes = dict(parse_input_shape(s) for s in args.input_shape)
-    result = compile_model(
-        args.model, output=args.output, input_shapes=shapes, passes=args.passes,
-        quantize=args.quantize, calibration=args.calib,
-        verify=False, measure=False, force=True, progress=False,
-    )
+    with tempfile.TemporaryDirectory() as no_records:
+        # An empty records directory overrides the shipped records (compile_model applies those
+        # when given none), so "none" measures the hand-written default schedules alone.
+        records = no_records if args.tuning_records == "none" else args.tuning_records
+        result = compile_model(
+            args.model, output=args.output, input_shapes=shapes, passes=args.passes,
+            quantize=args.quantize, calibration=args.calib, tuning_records=records,
+            verify=False, measure=False, force=True, progress=False,
+        )
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lowering = result.report.get("lowering") or {}
@@ -40,6 +48,7 @@ def main(argv: list[str]) -> int:
         "compile_s": seconds,
         "peak_rss_mb": peak_mb,
         "unscheduled": lowering.get("unscheduled", []),
+        "tuned_functions": sum(1 for rule in (lowering.get("scheduled") or {}).values() if rule == "tuned"),
         "lowering_s": result.report.get("run", {}).get("lowering_s"),
     }))
     return 0

@@ -1,6 +1,12 @@
-"""Cost model vs measured per-layer latency on this host, before and after calibration.
+"""Cost model vs measured per-layer latency on this host (or a board), before and after calibration.
 
     python -m benchmarks.cost_model [--models resnet18 mobilenetv2] [--repeats 30] [--no-save]
+    python -m benchmarks.cost_model --target rpi4 --rpc-tracker HOST:9190 --rpc-key rpi4
+
+With ``--rpc-tracker``/``--rpc-key`` the kernels are timed on the board registered at the TVM RPC
+tracker (each kernel alone, by the board's time_evaluator; targets/calibrate_cost.py), and the
+fitted record is saved for ``--target``, so the next ``compile --target rpi4`` estimates with it.
+``--models`` takes zoo names or paths of .onnx files.
 
 For each model: lower for ``cpu``, time every kernel (targets/calibrate_cost.py; the median of
 ``--repeats`` runs per kernel, after a warm-up run), pair kernels with ONNX node groups, and print,
@@ -16,7 +22,7 @@ end-to-end run time (``model``). Predictors:
 - ``coeffs (this model)`` and ``coeffs (other models)``: fitted on this model only / on the other
   models only (cross-model, held out).
 
-The all-models coefficient fit is saved as the ``cpu`` calibration record unless ``--no-save``.
+The all-models coefficient fit is saved as the ``--target`` calibration record unless ``--no-save``.
 Predictions are estimates; the times are measurements (a shared machine: expect a few % noise).
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from targets import calibrate_cost as cc
 from targets import get_target
@@ -44,17 +51,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-weight", type=float, default=1.0,
                         help="pull of each family's coefficients toward the pooled ones (0: independent)")
     parser.add_argument("--no-save", dest="save", action="store_false")
+    parser.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a board registered at this TVM RPC tracker")
+    parser.add_argument("--rpc-key", metavar="KEY", help="the board's device key (its rpc_server --key)")
+    parser.add_argument("--rpc-timeout", metavar="SECONDS", type=float, help="wait for a free server (default: 60)")
     args = parser.parse_args(argv)
+    from compiler.errors import EdgekilnError
 
+    try:
+        return _run(args)
+    except EdgekilnError as exc:  # unreachable tracker, unknown key, a model that does not build...
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
     from tests.data.make_models import model_path
 
+    def model_file(name: str):
+        return Path(name) if name.endswith(".onnx") else model_path(name)
+
     target = get_target(args.target)
+    rpc = None
+    if args.rpc_tracker or args.rpc_key:
+        from targets.lowering.rpc import RpcDevice, check_available, device_kind
+
+        rpc = RpcDevice.from_options(args.rpc_tracker, args.rpc_key, args.rpc_timeout, device_kind(target.to_json()))
+        check_available(rpc)
+        print(f"measuring on {rpc.describe()}: each kernel timed alone by the board's time_evaluator\n")
     samples: dict[str, list[cc.LayerSample]] = {}
     groups: dict[str, list[cc.LayerGroup]] = {}
     measured_model_s: dict[str, float] = {}
     for name in args.models:
-        model = cc.prepare_model(model_path(name), target)
-        samples[name], info = cc.collect_samples(model, target, args.repeats)
+        model = cc.prepare_model(model_file(name), target)
+        samples[name], info = cc.collect_samples(model, target, args.repeats, rpc=rpc)
         groups[name] = cc.group_nodes(model, RooflineCostModel(target))
         measured_model_s[name] = info["measured_model_ms"] / 1e3
         print(f"{name}: {info['paired']} of {info['kernels']} kernels paired with {info['groups']} node groups "

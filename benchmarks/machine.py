@@ -23,10 +23,25 @@ def describe() -> dict:
                     flags.update(value.split())
     except OSError:
         pass
+    try:  # "AMD EPYC" names Zen 3 and Zen 4 alike; LLVM's CPU name tells them apart
+        from tvm.target import codegen
+
+        llvm_cpu = str(codegen.llvm_get_system_cpu())
+    except Exception:  # noqa: BLE001 - no TVM: the model name and the features must do
+        llvm_cpu = None
     return {
         "cpu": model,
+        "llvm_cpu": llvm_cpu,
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "features": {name: name in flags for name in FEATURES},
         "python": platform.python_version(),
     }
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """True if two ``describe()`` results are the same kind of machine: CPU model name, vector
+    features, and LLVM's CPU name where both recorded it (older results did not)."""
+    if a.get("cpu") != b.get("cpu") or a.get("features") != b.get("features"):
+        return False
+    return a.get("llvm_cpu") is None or b.get("llvm_cpu") is None or a["llvm_cpu"] == b["llvm_cpu"]

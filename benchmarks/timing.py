@@ -26,3 +26,39 @@ def measure(fn: Callable[[], object], runs: int = 20, warmup: int = 3, max_secon
         "p90_ms": float(np.percentile(ms, 90)),
         "runs": len(samples),
     }
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, block: int = 2,
+                        max_seconds: float = 240.0) -> dict[str, dict]:
+    """Time several callables in alternation, ``block`` timed runs of one, then of the next (the
+    order rotates every round), so a burst of load from other processes on a shared machine lands
+    on all of them alike and their ratios stay meaningful. Each block starts with one untimed
+    call: the previous callable's thread pool (ONNX Runtime's and TVM's workers spin a while after
+    a run) would otherwise compete for the cores in the first timed run. Returns ``measure``'s
+    statistics per name."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    deadline = time.perf_counter() + max_seconds
+    rounds = 0
+    while any(len(v) < runs for v in samples.values()) and (rounds < 1 or time.perf_counter() < deadline):
+        order = names[rounds % len(names):] + names[: rounds % len(names)]
+        for name in order:
+            fns[name]()  # untimed: let the previous callable's spinning threads go idle
+            for _ in range(min(block, runs - len(samples[name]))):
+                start = time.perf_counter()
+                fns[name]()
+                samples[name].append(time.perf_counter() - start)
+        rounds += 1
+    out = {}
+    for name, values in samples.items():
+        ms = np.array(values) * 1e3
+        out[name] = {
+            "median_ms": float(np.median(ms)),
+            "min_ms": float(ms.min()),
+            "p90_ms": float(np.percentile(ms, 90)),
+            "runs": len(values),
+        }
+    return out

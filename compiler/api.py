@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from compiler.artifact import Artifact, atomic_output_dir, check_output_dir, load_artifact, signature_of, write_manifest
+from compiler.calibration_data import CalibrationSet, calibration_batches
 from compiler.context import CompileContext, Feeds
 from compiler.errors import OptionError, UnsupportedModelError, VerificationError
 from compiler.frontend import FRONTEND_FACTS, load_and_prepare
@@ -61,6 +62,7 @@ def default_pipeline(
     observer: str | None = None,
     prune: float | None = None,
     lowrank: str | None = None,
+    rounding: str | None = None,
 ) -> str:
     """The pass spec used when the user gives none: canonicalize, then the compressions asked for
     in the order prune -> low-rank -> quantize (structure first, so quantization calibrates the
@@ -70,13 +72,16 @@ def default_pipeline(
     integer-only (HAWQ-V3 dyadic) graph, ``"qdq"`` the QuantizeLinear/DequantizeLinear form that
     ONNX Runtime and TensorRT consume.
     """
-    return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer)
+    return "canonicalize" + _compression_spec(prune, lowrank) + _quantize_spec(quantize, output_format, observer, rounding)
 
 
-def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None) -> str:
+def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | None, sensitivity: str | None = None) -> str:
     """``--budget size=2MB|latency=0.7x|bops=1G`` and ``--max-drop POINTS``: choose per-layer bit
-    widths by the ILP of ``mixed-precision`` before ``quantize``."""
+    widths by the ILP of ``mixed-precision`` before ``quantize``; ``--sensitivity`` picks its
+    estimator (perturbation or hessian)."""
     if not budgets and max_drop is None:
+        if sensitivity is not None:
+            raise OptionError("--sensitivity picks the estimator of mixed precision: add --budget or --max-drop")
         return ""
     options = []
     for key, value in (budgets or {}).items():
@@ -85,6 +90,10 @@ def _mixed_precision_spec(budgets: Mapping[str, str] | None, max_drop: float | N
         options.append(f"{key}={value}")
     if max_drop is not None:
         options.append(f"max_drop={max_drop}")
+    if sensitivity is not None:
+        if sensitivity not in ("perturbation", "hessian"):
+            raise OptionError(f"--sensitivity {sensitivity}: expected perturbation or hessian")
+        options.append(f"sensitivity={sensitivity}")
     return ",mixed-precision{" + ",".join(options) + "}"
 
 
@@ -111,8 +120,11 @@ def _compression_spec(prune: float | None, lowrank: str | None) -> str:
     return spec
 
 
-def _quantize_spec(quantize: str | None, output_format: str, observer: str | None) -> str:
+def _quantize_spec(quantize: str | None, output_format: str, observer: str | None, rounding: str | None = None) -> str:
     if quantize is None:
+        for flag, value in (("--observer", observer), ("--weight-rounding", rounding)):
+            if value:
+                raise OptionError(f"{flag} {value} is a quantization option: add --quantize int8 (or int4)")
         return ""
     bits = {"int8": 8, "int4": 4}.get(quantize)
     if bits is None:
@@ -123,6 +135,12 @@ def _quantize_spec(quantize: str | None, output_format: str, observer: str | Non
     options = [f"bits={bits}"] if bits != 8 else []
     if observer:
         options.append(f"observer={observer}")
+    if rounding and rounding != "nearest":
+        if rounding != "gptq":
+            raise OptionError(f"--weight-rounding {rounding}: expected nearest or gptq")
+        if output_format != "integer":
+            raise OptionError("--weight-rounding gptq applies to the integer-only form (--format integer)")
+        options.append(f"rounding={rounding}")
     return f",{name}" + ("{" + ",".join(options) + "}" if options else "")
 
 
@@ -131,33 +149,10 @@ def _sidecar(model_path: Path, kind: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _calibration_feeds(source, model: Model, shapes: dict[str, tuple[int, ...]]) -> list[Feeds]:
-    """Turn a calibration source (npz path, dict of stacked arrays, or iterable of feeds) into batches
-    that match the compiled input shapes."""
-    from compiler.accuracy import load_npz_feeds, split_batches
-
-    names = list(shapes)
-    if source is None:
-        return []
-    if isinstance(source, (str, os.PathLike)):
-        arrays, _ = load_npz_feeds(Path(source), names)
-    elif isinstance(source, Mapping):
-        arrays = dict(source)
-    else:
-        return [dict(feeds) for feeds in source]
-    batch = {shapes[n][0] for n in names if shapes[n]}
-    batch_size = batch.pop() if len(batch) == 1 else 1
-    feeds = split_batches({n: arrays[n] for n in names}, batch_size)
-    for feed in feeds:
-        for name in names:
-            if tuple(feed[name].shape) != shapes[name]:
-                raise OptionError(
-                    f"calibration input '{name}' has samples of shape {list(feed[name].shape)}; "
-                    f"the model is compiled for {list(shapes[name])}"
-                )
-            dtype = next(v.dtype.numpy() for v in model.graph.inputs if v.name == name)
-            feed[name] = feed[name].astype(dtype, copy=False)
-    return feeds
+def _calibration_feeds(source, model: Model, shapes: dict[str, tuple[int, ...]]) -> CalibrationSet:
+    """Batches of the compiled input shapes from any calibration source (compiler.calibration_data)."""
+    dtypes = {v.name: v.dtype.numpy() for v in model.graph.inputs if v.name in shapes}
+    return calibration_batches(source, shapes, dtypes)
 
 
 class _StageChecker:
@@ -237,15 +232,20 @@ def compile_model(
     quantize: str | None = None,
     output_format: str = "integer",
     observer: str | None = None,
+    rounding: str | None = None,
     prune: float | None = None,
     lowrank: str | None = None,
     budgets: Mapping[str, str] | None = None,
     max_drop: float | None = None,
+    sensitivity: str | None = None,
     tune: int = 0,
     tuning_records: str | os.PathLike | None = None,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    rpc_timeout: float | None = None,
 ) -> CompileResult:
     """Compile an ONNX model for ``target`` into the output directory ``output``.
 
@@ -270,6 +270,8 @@ def compile_model(
             pipeline; needs calibration data. With explicit ``passes`` it is appended to them.
         output_format: ``"integer"`` (integer-only graph) or ``"qdq"`` (Q/DQ pairs for ORT/TensorRT).
         observer: activation range observer for quantization: minmax, percentile or mse.
+        rounding: weight rounding for quantization: ``"nearest"`` (default) or ``"gptq"`` (codes
+            chosen per layer to minimise its output error on the calibration data).
         prune: remove channels until this fraction of the target's estimated latency is saved.
         lowrank: ``"auto"`` (factorize where the cost model predicts a speed-up) or an energy
             fraction such as ``"0.99"``.
@@ -277,11 +279,18 @@ def compile_model(
             subset); per-layer bits are chosen by an ILP against the target's cost model.
         max_drop: mixed precision: allowed top-1 agreement drop vs fp32 in points; layers are
             raised to 8 bits / float until it holds.
+        sensitivity: mixed precision's per-layer sensitivity estimator: ``"perturbation"``
+            (default: output change with one layer quantized) or ``"hessian"`` (Hutchinson Hessian
+            trace x squared quantization error, run on the graph as torch ops).
         tune: MetaSchedule trials per task to run before building (0: no tuning); records go to
             ``tuning_records`` or :data:`DEFAULT_RECORDS_DIR` and are used by this build.
         tuning_records: a records directory to apply (tvmc's --tuning-records); default: records
             shipped with edgekiln for this target, if any.
         progress: show a progress bar on stderr (default: when stderr is a terminal).
+        rpc_tracker, rpc_key: ``"HOST:PORT"`` of a TVM RPC tracker and the device key of a board
+            registered there: after building, the library runs on the board, is checked against
+            ONNX Runtime and timed there (``run.artifact_rpc`` in the report). ``rpc_timeout``:
+            seconds to wait for a free server (default 60).
 
     Returns:
         CompileResult with the output directory and the report dict.
@@ -296,18 +305,25 @@ def compile_model(
     target_obj = get_target(target)
     out_dir = Path(output) if output is not None else Path.cwd() / f"{model_path.stem}-{target_obj.name}"
     check_output_dir(out_dir, force)
-    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, budgets, max_drop,
+                               sensitivity, rounding)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
         raise OptionError(f"--tuning-records {tuning_records}: no such directory")
+    remote = None
+    if rpc_tracker is not None or rpc_key is not None:
+        from targets.lowering.rpc import device_for_compile
+
+        remote = device_for_compile(target_obj, rpc_tracker, rpc_key, rpc_timeout, lower)  # fails before any work
 
     bar = Progress(total=6, enabled=progress)
     bar.stage("load")
     ir_model, shapes = load_and_prepare(model_path, input_shapes)
     original = copy_model(ir_model)
     calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
-    calib_feeds = _calibration_feeds(calib_source, ir_model, shapes)
+    calib_set = _calibration_feeds(calib_source, ir_model, shapes)
+    calib_feeds = calib_set.batches
     eval_path = Path(eval_data) if eval_data is not None else _sidecar(model_path, "eval")
     if eval_path is not None and not eval_path.is_file():
         raise OptionError(f"--eval {eval_path}: no such file")
@@ -370,7 +386,7 @@ def compile_model(
         bar.stage("lower")
         lowering: dict[str, Any] | None = None
         library = None
-        lib = None
+        lib = device_lib = device_check = None
         result = None
         skipped_reason: str | None = None
         artifact_check = None
@@ -398,28 +414,32 @@ def compile_model(
                 "artifact": result.artifact,
             }
             timings["lowering_s"] = result.seconds
+            integer_model = optimized_proto if integer_only else None
             if target_obj.runs_locally:
                 bar.stage("verify")
                 lib = load_library(tmp / library, list(shapes))
-                outputs = [lib.run(feeds) for feeds in verify_feeds]
-                flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
-                artifact_check = compare(flat(outputs), flat(reference), "lossy" if lossy else "tvm-backend")
-                if not artifact_check["passed"]:
-                    raise VerificationError(
-                        f"the compiled artifact differs from ONNX Runtime on the original model beyond "
-                        f"the {artifact_check['policy']} tolerance (max abs {artifact_check['max_abs']:.3g})"
-                    )
-                if integer_only:
-                    integer_check = _integer_exactness(optimized_proto, verify_feeds, outputs)
+                artifact_check, integer_check = _check_artifact(lib, verify_feeds, reference, lossy, integer_model)
                 if measure:
                     feeds0 = verify_feeds[0]
                     timings["artifact"] = _time_callable(lambda: lib.run(feeds0))
                     ref_session = ort_session(original, optimize=True)
                     timings["onnxruntime_fp32"] = _time_callable(lambda: ref_session.run(None, feeds0))
+            if remote is not None:  # the same checks on the board, and its latency measured there
+                bar.stage("device")
+                from targets.lowering.rpc import RemoteLibrary
+
+                device_lib = RemoteLibrary(remote, tmp / library, list(shapes))
+                device_check, device_integer = _check_artifact(device_lib, verify_feeds, reference, lossy, integer_model, remote.describe())
+                artifact_check, integer_check = artifact_check or device_check, integer_check or device_integer
+                if measure:
+                    timings["artifact_rpc"] = device_lib.time(verify_feeds[0])
 
         # -- accuracy ------------------------------------------------------------------------------
         bar.stage("accuracy")
-        accuracy = _accuracy(eval_path, shapes, original, ir_model, lib)
+        accuracy = _accuracy(eval_path, shapes, original, ir_model, lib or device_lib,
+                             "artifact_tvm" if lib is not None else "artifact_tvm_rpc")
+        if device_lib is not None:
+            device_lib.close()  # free the board for the next client now, not at garbage collection
 
         summary = {
             "before": _summary_numbers(summary_before),
@@ -434,10 +454,13 @@ def compile_model(
                 "num_feeds": len(verify_feeds),
                 "per_pass": do_verify,
                 "artifact_vs_onnxruntime": artifact_check,
+                **({"artifact_on_device_vs_onnxruntime": device_check} if device_check else {}),
                 "integer_bit_exact": integer_check
                 if integer_check or not integer_records
                 else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
             },
+            "calibration": {"samples": calib_set.samples, "batches": len(calib_feeds), "note": calib_set.note}
+            if calib_feeds else None,
             "accuracy": accuracy,
             "quantization": quantization,
             "unscheduled_functions": lowering["unscheduled"] if lowering else None,
@@ -506,7 +529,27 @@ def _tuning_records(model_proto, target, shapes, tune: int, records, timings: di
     return SHIPPED_RECORDS_DIR if SHIPPED_RECORDS_DIR.is_dir() else None
 
 
-def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: list[list[np.ndarray]]) -> dict[str, Any]:
+def _check_artifact(lib, feeds_list: list[Feeds], reference: list[list[np.ndarray]], lossy: bool,
+                    integer_model=None, where: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Run the compiled library ``lib`` (here, or on a board: anything with ``run(feeds)``) on the
+    verification feeds and compare with ONNX Runtime on the original model; with ``integer_model``
+    also the bit-exact check. Raises VerificationError (naming ``where``) on a difference."""
+    outputs = [lib.run(feeds) for feeds in feeds_list]
+    flat = lambda runs: [o for run in runs for o in run]  # noqa: E731
+    check = compare(flat(outputs), flat(reference), "lossy" if lossy else "tvm-backend")
+    if where:
+        check["where"] = where
+    if not check["passed"]:
+        raise VerificationError(
+            f"the compiled artifact{' on ' + where if where else ''} differs from ONNX Runtime on the original model "
+            f"beyond the {check['policy']} tolerance (max abs {check['max_abs']:.3g})"
+        )
+    integer = _integer_exactness(integer_model, feeds_list, outputs, where) if integer_model is not None else None
+    return check, integer
+
+
+def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: list[list[np.ndarray]],
+                       where: str | None = None) -> dict[str, Any]:
     """Integer-only graphs must give bit-identical outputs in the numpy reference interpreter,
     ONNX Runtime and the TVM artifact; raise VerificationError naming the pair that differs."""
     from compiler.reference import run_reference
@@ -521,8 +564,11 @@ def _integer_exactness(model_proto, feeds_list: list[Feeds], artifact_outputs: l
             if not all(np.array_equal(a, b) for a, b in zip(got, ort_out)):
                 raise VerificationError(
                     f"integer-only graph is not bit-exact: {key.replace('_vs_', ' vs ').replace('_', ' ')} "
-                    f"differ (max abs {compare(got, ort_out, 'lossy')['max_abs']:.3g})"
+                    f"differ{' on ' + where if where and key.startswith('artifact') else ''} "
+                    f"(max abs {compare(got, ort_out, 'lossy')['max_abs']:.3g})"
                 )
+    if where:
+        result["where"] = where
     result["passed"] = True
     return result
 
@@ -541,8 +587,10 @@ def _summary_numbers(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: summary[key] for key in ("nodes", "params", "macs", "weight_bytes")}
 
 
-def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model, lib) -> dict[str, Any] | None:
-    """Top-1 on the eval split for the original (ORT), optimized (ORT) and compiled (TVM) model."""
+def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model, lib,
+              lib_label: str = "artifact_tvm") -> dict[str, Any] | None:
+    """Top-1 on the eval split for the original (ORT), optimized (ORT) and compiled (TVM) model
+    (``lib``: run here, or on a board for ``artifact_tvm_rpc``)."""
     if eval_path is None:
         return None
     from compiler.accuracy import evaluate_classification, load_npz_feeds
@@ -560,19 +608,20 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     for key, session_run in runs.items():
         result[key] = evaluate_classification(lambda f, r=session_run: r(None, f), arrays, labels, batch, names)
     if lib is not None:
-        result["artifact_tvm"] = evaluate_classification(lib.run, arrays, labels, batch, names)
+        result[lib_label] = evaluate_classification(lib.run, arrays, labels, batch, names)
     return result
 
 
-def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None) -> Pipeline:
+def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None,
+                    sensitivity=None, rounding=None) -> Pipeline:
     """The user's passes (or the default pipeline) with the compressions asked for appended."""
-    mixed = _mixed_precision_spec(budgets, max_drop)
+    mixed = _mixed_precision_spec(budgets, max_drop, sensitivity)
     if mixed and quantize is None:
         raise OptionError("--budget/--max-drop choose bit widths for quantization: add --quantize int8")
     if passes is None and not mixed:
-        return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank))
+        return Pipeline.parse(default_pipeline(target, quantize, output_format, observer, prune, lowrank, rounding))
     pipeline = _as_pipeline(passes if passes is not None else "canonicalize")
-    extra = (_compression_spec(prune, lowrank) + mixed + _quantize_spec(quantize, output_format, observer)).lstrip(",")
+    extra = (_compression_spec(prune, lowrank) + mixed + _quantize_spec(quantize, output_format, observer, rounding)).lstrip(",")
     return Pipeline([*pipeline, *Pipeline.parse(extra)]) if extra else pipeline
 
 
@@ -589,6 +638,7 @@ def estimate_model(
     prune: float | None = None,
     lowrank: str | None = None,
     seed: int = 0,
+    rounding: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the passes (no verification, no TVM) and return the target's per-layer cost estimate
     (``targets.cost_model.estimate_table``): what ``compile --estimate-only`` prints."""
@@ -597,13 +647,13 @@ def estimate_model(
 
     model_path = Path(model)
     target_obj = get_target(target)
-    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank)
+    pipeline = _build_pipeline(target_obj, passes, quantize, output_format, observer, prune, lowrank, rounding=rounding)
     ir_model, shapes = load_and_prepare(model_path, input_shapes)
     calib_source = calibration if calibration is not None else _sidecar(model_path, "calib")
     ctx = CompileContext(
         target=target_obj,
         cost_model=RooflineCostModel(target_obj),
-        calibration=_calibration_feeds(calib_source, ir_model, shapes),
+        calibration=_calibration_feeds(calib_source, ir_model, shapes).batches,
         options={"seed": seed},
         input_shapes=shapes,
     )

@@ -122,7 +122,7 @@ class Artifact:
             if not self.manifest["target"].get("runs_locally", True):
                 raise OptionError(
                     f"{self.directory}: the library is built for target '{self.manifest['target']['name']}' "
-                    "and cannot run on this machine; copy it to the board (see README)"
+                    "and cannot run on this machine; run it on the board with .remote(tracker, key) (see README)"
                 )
             from targets.lowering import load_library
 
@@ -148,6 +148,33 @@ class Artifact:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the compiled library; returns outputs as numpy arrays in graph order."""
         return self._load().run(self.check_feeds(feeds))
+
+    def remote(self, tracker: str, key: str, timeout_s: float | None = None) -> RemoteArtifact:
+        """This artifact on a board, through a TVM RPC tracker (``"HOST:PORT"``) and the board's
+        device key: ``.run(feeds)`` like :meth:`run`, ``.time(feeds)`` the latency measured there."""
+        library = self.manifest.get("library")
+        if not library:
+            raise OptionError(f"{self.directory}: no compiled library (lowering was skipped)")
+        from targets.lowering.rpc import RemoteLibrary, RpcDevice, device_kind
+
+        device = RpcDevice.from_options(tracker, key, timeout_s, device_kind(self.manifest["target"]))
+        return RemoteArtifact(self, RemoteLibrary(device, self.directory / library, self.input_names))
+
+
+class RemoteArtifact:
+    """An Artifact loaded on a board (:meth:`Artifact.remote`); feeds are checked like ``run``'s."""
+
+    def __init__(self, artifact: Artifact, library):
+        self.artifact = artifact
+        self.library = library
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs computed on the board, as numpy arrays in graph order."""
+        return self.library.run(self.artifact.check_feeds(feeds))
+
+    def time(self, feeds: dict[str, np.ndarray], repeat: int = 10) -> dict[str, Any]:
+        """``{"median_ms", "min_ms", "runs", ...}`` timed on the board by TVM's time_evaluator."""
+        return self.library.time(self.artifact.check_feeds(feeds), repeat=repeat)
 
 
 def load_artifact(directory: str | os.PathLike) -> Artifact:

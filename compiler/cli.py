@@ -18,12 +18,16 @@ examples:
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
   compile model.onnx --quantize int8 --calib calib.npz
       integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --quantize int4 --weight-rounding gptq --calib calib.npz
+      4-bit weights whose rounding is chosen per layer on the calibration data (GPTQ)
   compile model.onnx --quantize int8 --budget size=2MB --max-drop 0.5 --calib calib.npz
       mixed 8/4-bit weights chosen by an ILP under the budget, within the accuracy drop
   compile model.onnx --prune 0.3 --lowrank auto --calib calib.npz
       prune channels and factorize layers where the target's cost model says it pays
   compile model.onnx --tune 32 --tuning-records records/
       tune with MetaSchedule once; later compiles with --tuning-records records/ reuse it
+  compile model.onnx --target rpi4 --rpc-tracker 127.0.0.1:9190 --rpc-key rpi4
+      build for the board, then run, check and time the artifact on it through a TVM RPC tracker
   compile model.onnx --input-shape x=1,3,224,224
       fix symbolic input dims (repeat the option for several inputs)
   compile model.onnx --passes "canonicalize,my-pass{ratio=0.5}" --plugin my_passes
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--target", default="cpu", help="target name (default: cpu; see --list-targets)")
     parser.add_argument("-o", "--output", metavar="DIR", help="output directory (default: ./<model-stem>-<target>/)")
     parser.add_argument("--passes", metavar="SPEC", help='pass pipeline, e.g. "canonicalize,fold-constants" (default: canonicalize; see --list-passes; @FILE reads the spec from a file such as pipeline.txt)')
-    parser.add_argument("--calib", metavar="NPZ", help="calibration inputs: .npz of stacked samples keyed by input name (default: <model-stem>.calib.npz beside the model, if present)")
+    parser.add_argument("--calib", metavar="NPZ|DIR", help="calibration inputs: .npz of stacked samples keyed by input name, or a directory of .npy files (<input>.npy stacked, or one file per sample for a one-input model); default: <model-stem>.calib.npz beside the model, if present")
     parser.add_argument("--eval", metavar="NPZ", dest="eval_data", help="held-out inputs plus 'labels' for the accuracy report (default: <model-stem>.eval.npz beside the model, if present)")
     parser.add_argument("--input-shape", metavar="NAME=D0,D1,...", action="append", default=[], help="static shape for an input with symbolic dims (repeatable)")
     quant = parser.add_argument_group("quantization")
@@ -57,13 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
     quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
     quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")
+    quant.add_argument("--sensitivity", choices=["perturbation", "hessian"], help="mixed precision: per-layer sensitivity estimator, output perturbation (default) or Hessian trace x quantization error")
     quant.add_argument("--observer", choices=["minmax", "percentile", "mse"], help="activation range observer (default: minmax)")
+    quant.add_argument("--weight-rounding", dest="rounding", choices=["nearest", "gptq"], help="weight rounding: nearest (default) or gptq (per-layer codes that minimise the layer's output error on the calibration data; recommended for int4)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
     compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
     compress.add_argument("--lowrank", metavar="auto|ENERGY", help="factorize Gemm/MatMul/Conv: 'auto' where the cost model predicts a speed-up within the error budget, or keep ENERGY (e.g. 0.99) of the singular-value energy")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", metavar="TRIALS", type=int, default=0, help="tune conv/matmul kernels with MetaSchedule (TRIALS per kernel) before building; Ctrl-C stops and keeps what was found")
     tuning.add_argument("--tuning-records", metavar="DIR", help="apply (and with --tune, extend) the tuning records in DIR (default for --tune: ~/.cache/edgekiln/tuning)")
+    board = parser.add_argument_group("running on a board (TVM RPC; see README 'Measuring on a board')")
+    board.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker: after building, run the artifact on a board registered there, compare it with ONNX Runtime and time it on the board")
+    board.add_argument("--rpc-key", metavar="KEY", help="device key the board's rpc_server registered with (its --key)")
+    board.add_argument("--rpc-timeout", metavar="SECONDS", type=float, help="how long to wait for a free server with the key (default: 60)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
     verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
@@ -102,7 +112,7 @@ def _summary_line(result) -> str:
     report = result.report
     lines = [f"wrote {result.output_dir}/"]
     check = report.get("summary", {}).get("verification", {}).get("artifact_vs_onnxruntime")
-    if check:
+    if check and "where" not in check:  # a check made on a board is reported on its own line below
         lines.append(f"  artifact vs ONNX Runtime: max abs error {check['max_abs']:.3g} ({check['policy']}: {'ok' if check['passed'] else 'FAILED'})")
     exact = report.get("summary", {}).get("verification", {}).get("integer_bit_exact")
     if exact:
@@ -115,6 +125,12 @@ def _summary_line(result) -> str:
     if "artifact" in run and "onnxruntime_fp32" in run:
         ours, ref = run["artifact"]["median_ms"], run["onnxruntime_fp32"]["median_ms"]
         lines.append(f"  latency (measured, this machine): {ours:.3f} ms vs ONNX Runtime {ref:.3f} ms ({ours / ref:.2f}x)")
+    device = report.get("summary", {}).get("verification", {}).get("artifact_on_device_vs_onnxruntime")
+    if device:
+        lines.append(f"  on {device['where']}: max abs error {device['max_abs']:.3g} vs ONNX Runtime ({device['policy']}: ok)")
+    if "artifact_rpc" in run:
+        lines.append(f"  latency (measured on the device via TVM RPC, key '{run['artifact_rpc']['key']}'): "
+                     f"{run['artifact_rpc']['median_ms']:.3f} ms, median of {run['artifact_rpc']['runs']}")
     lines.append(f"  report: {result.output_dir / 'report.html'}")
     return "\n".join(lines)
 
@@ -154,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = estimate_model(
                 args.model, target, passes=args.passes, input_shapes=shapes, calibration=args.calib,
                 quantize=args.quantize, output_format=args.output_format, observer=args.observer,
-                prune=args.prune, lowrank=args.lowrank, seed=args.seed,
+                prune=args.prune, lowrank=args.lowrank, seed=args.seed, rounding=args.rounding,
             )
             print(_estimate_table(rows))
             return 0
@@ -176,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             quantize=args.quantize,
             output_format=args.output_format,
             observer=args.observer,
+            rounding=args.rounding,
             prune=args.prune,
             lowrank=args.lowrank,
             budgets=_parse_budgets(args.budget),
             max_drop=args.max_drop,
+            sensitivity=args.sensitivity,
             tune=args.tune,
             tuning_records=args.tuning_records,
             seed=args.seed,
             progress=False if args.quiet else None,
+            rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key,
+            rpc_timeout=args.rpc_timeout,
         )
     except EdgekilnError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,9 +42,13 @@ precisions, channel_multiple); the caller may add ``"cost_model": RooflineCostMo
      "accuracy": null | {"metric": str (e.g. "top1"), "data": str (eval file),
                          <run>: {<metric>: float, "samples": int}, ...},
                  # runs in order, e.g. "original_onnxruntime", "optimized_onnxruntime",
-                 # "artifact_tvm"; the first is "before", the last is "after" in the HTML card
+                 # "artifact_tvm" (or "artifact_tvm_rpc": run on a board); the first is "before",
+                 # the last is "after" in the HTML card
      "verification": null | {"feeds": str, "num_feeds": int, "per_pass": bool,
-                             "artifact_vs_onnxruntime": null | compare() dict}}
+                             "artifact_vs_onnxruntime": null | compare() dict,
+                             "artifact_on_device_vs_onnxruntime"?: compare() dict + "where"}}
+                 # the device check is present with --rpc-tracker; artifact_vs_onnxruntime is the
+                 # local check, or the device check for targets that do not run here
 
   Other keys the caller adds are kept and shown nowhere special. ``counts`` (:func:`model_summary`)::
 
@@ -69,9 +73,11 @@ records carry ``seconds``. Recognised entries (all optional)::
     "<stage>_s": float                 # wall seconds of a stage, e.g. "total_s", "lowering_s"
     "passes": [{"index": int, "name": str, "seconds": float}]
     "passes_s": {"<index:02d>-<name>": float}           # alternative form of the same
-    "<measurement>": {"median_ms": float, "min_ms": float, "runs": int}
-                     # measured latency, e.g. "artifact" (the compiled library) and
-                     # "onnxruntime_fp32" (the reference); shown labelled "measured"
+    "<measurement>": {"median_ms": float, "min_ms": float, "runs": int, "where"?: str}
+                     # measured latency, e.g. "artifact" (the compiled library, this machine),
+                     # "onnxruntime_fp32" (the reference) and "artifact_rpc" (the library on a
+                     # board via TVM RPC; also "runner", "tracker", "key", "device"); shown
+                     # labelled "measured" (plus "where"); the card prefers "artifact_rpc"
 
 Every value is plain JSON: numpy scalars/arrays, tuples, paths and enums are converted by
 :func:`build_report`; NaN and infinities become null.
@@ -96,6 +102,7 @@ import numpy as np
 
 from compiler.ir import Model, count_parameters
 from compiler.pipeline import PassRecord
+from compiler.report_mixed import mixed_precision_html
 from targets.cost_model import SOURCE_ESTIMATE, SOURCE_MEASURED, model_work
 
 __all__ = [
@@ -479,10 +486,11 @@ def _measured_card(report: Mapping[str, Any]) -> str:
     found = _measurements(report.get("run") or {})
     if not found:
         return _card("Latency", "—", "not measured", tag)
-    name = "artifact" if "artifact" in found else next(iter(found))
+    name = next((n for n in ("artifact_rpc", "artifact") if n in found), next(iter(found)))
     main_run = found[name]
     runs = f", median of {_e(main_run['runs'])} runs" if main_run.get("runs") is not None else ""
-    sub = f"source: {SOURCE_MEASURED} ({_e(name)}{runs})"
+    where = f" {_e(main_run['where'])}" if main_run.get("where") else ""
+    sub = f"source: {SOURCE_MEASURED}{where} ({_e(name)}{runs})"
     others = [f"{_e(k)}: {_e(_ms(v.get('median_ms')))}" for k, v in found.items() if k != name]
     if others:
         sub += " · " + " · ".join(others)
@@ -519,6 +527,8 @@ def _verification_card(verification: Mapping[str, Any]) -> str:
     value = _e(f"{check['max_abs']:.3g}") if check.get("max_abs") is not None else "—"
     state = '<span class="down">passed</span>' if check.get("passed") else '<span class="badge fail">failed</span>'
     sub = f"artifact vs ONNX Runtime · policy {_e(check.get('policy', '?'))} · {state}"
+    if check.get("where"):
+        sub += f" · on {_e(check['where'])}"
     if check.get("reason"):
         sub += f" · {_e(check['reason'])}"
     if verification.get("feeds") is not None:
@@ -689,7 +699,8 @@ def _run_rows(run: Mapping[str, Any]) -> dict[str, Any]:
             rows[key] = _ms(value * 1e3)
         elif isinstance(value, Mapping) and "median_ms" in value:
             runs = f", {value['runs']} runs" if value.get("runs") is not None else ""
-            rows[f"{key} ({SOURCE_MEASURED})"] = (
+            where = f" {value['where']}" if value.get("where") else ""
+            rows[f"{key} ({SOURCE_MEASURED}{where})"] = (
                 f"median {_ms(value['median_ms'])}, min {_ms(value.get('min_ms'))}{runs}"
             )
         elif key == "stages" and isinstance(value, Mapping):
@@ -752,6 +763,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     quantization = _get(report, "summary", "quantization")
     if quantization:
         body += ["<h2>Quantization error per layer</h2>", _sqnr_table(quantization)]
+    body.append(mixed_precision_html(report))  # compiler/report_mixed.py; '' without mixed precision
     if report.get("lowering") is not None:
         body += ["<h2>Lowering</h2>", _kv_table(report["lowering"])]
     body += [

@@ -3,8 +3,14 @@
 Measure (:func:`measure_layers`): the model is lowered for the target and run by the Relax VM with
 an instrument callback (TVM 0.27 has no VM profiler any more) that times every kernel call with
 ``perf_counter``; the median over ``repeats`` runs is kept per call (and for the whole model,
-timed on a second, uninstrumented VM in rounds alternating with the instrumented runs). Only the host can be measured
-this way; a board would run the same callback behind the TVM RPC runner (not wired here).
+timed on a second, uninstrumented VM in rounds alternating with the instrumented runs). That works
+where the library runs in this process. A board is measured through the TVM RPC runner
+(targets/lowering/rpc.py): the instrument callback cannot run there, so every kernel is timed
+alone by the board's ``time_evaluator`` (median of ``repeats``) with arguments of its signature,
+from a library of the kernels alone, in the order ``main`` calls them
+(targets/lowering/kernels.py), and the whole model by ``time_evaluator`` on ``main``. A kernel
+timed alone finds its weights in cache more often than inside the model, so board records fit
+isolated-kernel times (the way MetaSchedule's RPC runner measures).
 
 Map kernels to ONNX nodes (:func:`group_nodes`, approximate): TVM fuses an operator with the
 element-wise operators that consume its output, and drops the ONNX names. So the ONNX nodes (in
@@ -333,12 +339,15 @@ def prepare_model(path: str | os.PathLike, target: Target) -> Model:
 
 
 def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10, seed: int = 0,
-                   rounds: int = 3) -> Measurement:
-    """Lower ``model`` for ``target`` (it must run here) and time every kernel call: the median of
-    ``repeats`` runs per kernel and for the whole model, taken in ``rounds`` alternating rounds.
+                   rounds: int = 3, rpc=None) -> Measurement:
+    """Lower ``model`` for ``target`` and time every kernel call: the median of ``repeats`` runs per
+    kernel and for the whole model. Here (``rpc`` None; the target must run on this machine) in
+    ``rounds`` alternating rounds; on a board when ``rpc`` is a ``targets.lowering.rpc.RpcDevice``.
 
-    Raises OptionError for a target whose artifacts do not run on this machine.
+    Raises OptionError for a target whose artifacts do not run on this machine and no ``rpc``.
     """
+    if rpc is not None:
+        return _measure_layers_rpc(model, get_target(target), repeats, seed, rpc)
     import tvm
     from tvm import relax
 
@@ -392,6 +401,25 @@ def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10
     names = [name for name, _ in runs[0]]
     medians = [(name, statistics.median(run[i][1] for run in runs)) for i, name in enumerate(names)]
     return Measurement(medians, statistics.median(totals), lowering_s)
+
+
+def _measure_layers_rpc(model: Model, target: Target, repeats: int, seed: int, rpc) -> Measurement:
+    """:func:`measure_layers` on a board through TVM RPC (see the module docstring)."""
+    from compiler.ir import to_proto
+    from compiler.verify import random_feeds
+    from targets.lowering import lower_model
+    from targets.lowering.rpc import RemoteLibrary
+
+    feeds = random_feeds(model, None, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = lower_model(to_proto(model), target, {}, Path(tmp), kernel_library=True)
+        lowering_s = time.perf_counter() - start
+        board = RemoteLibrary(rpc, Path(tmp) / result.library_file, result.input_names)
+        total = board.time(feeds, repeat=repeats)
+        kernels = board.time_kernels(Path(tmp) / result.kernel_library_file, result.kernels, repeats, seed)
+        board.close()
+    return Measurement(kernels, total["median_ms"] / 1e3, lowering_s)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,10 +537,12 @@ def score(samples: Sequence[LayerSample], factors: dict[str, float] | None = Non
     }
 
 
-def collect_samples(model: Model, target: Target | str = "cpu", repeats: int = 10) -> tuple[list[LayerSample], dict[str, Any]]:
-    """Measure ``model`` on ``target`` and pair kernels with node groups; info on the pairing."""
+def collect_samples(model: Model, target: Target | str = "cpu", repeats: int = 10,
+                    rpc=None) -> tuple[list[LayerSample], dict[str, Any]]:
+    """Measure ``model`` on ``target`` (here, or on the board behind ``rpc``, a
+    ``targets.lowering.rpc.RpcDevice``) and pair kernels with node groups; info on the pairing."""
     target = get_target(target)
-    measurement = measure_layers(model, target, repeats)
+    measurement = measure_layers(model, target, repeats, rpc=rpc)
     groups = group_nodes(model, RooflineCostModel(target))
     samples, unpaired = pair_kernels(groups, measurement.kernels)
     info = {

@@ -6,8 +6,8 @@ Model (Blott et al., "FINN-R", ACM TRETS 2018; numbers in targets/specs/fpga.tom
   are costed as 8-bit, the precision the target would run after quantization) is one compute
   engine with ``P`` MAC units (FINN's PE x SIMD).
 - Bits: activation bits from the dtype of the data input (uint8/int8 -> 8); weight bits from the
-  weight *values* (``ceil(log2(max|w - zp| + 1)) + 1``): int4 weights are stored in int8 tensors
-  by passes/quantize, so the dtype alone would say 8.
+  weight *values* (``ceil(log2(max|w - zp| + 1)) + 1``): int4 weights are stored in 8-bit tensors
+  or packed nibbles (decoded) by passes/quantize, so the dtype alone would say 8.
 - Cost of one MAC unit: when ``w_bits * a_bits >= dsp_min_bit_product`` the multiplier is a DSP
   slice (``1 / macs_per_dsp_int8`` DSP when both operands have <= 8 bits, else 1), otherwise LUTs:
   ``lut_per_bit_product * w_bits * a_bits``. Either way the accumulator takes
@@ -101,8 +101,18 @@ def _input(node: Node, index: int):
 
 
 def weight_bits(node: Node) -> int:
-    """Signed bits needed by the node's constant weight values (8 when the weight is not constant)."""
-    weight = constant_array(_input(node, _MAC_OPS[node.op_type]))
+    """Signed bits needed by the node's constant weight values (8 when the weight is not constant;
+    packed int4 weights, ``passes.quantize.int4``, are decoded)."""
+    value = _input(node, _MAC_OPS[node.op_type])
+    weight = constant_array(value)
+    if weight is None and value is not None and node.op_type in _WEIGHT_ZERO_POINT:
+        from passes.quantize.int4 import match_packed_weight
+
+        packed = match_packed_weight(value)
+        if packed is not None:
+            weight = packed.codes  # already centred: its zero point is folded in
+            largest = int(np.abs(weight.astype(np.int64)).max()) if weight.size else 0
+            return max(2, math.ceil(math.log2(largest + 1)) + 1)
     if weight is None or weight.size == 0:
         return 8
     if not np.issubdtype(weight.dtype, np.integer):

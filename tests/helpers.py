@@ -481,8 +481,10 @@ def ort_exact_form(model: onnx.ModelProto) -> onnx.ModelProto:
 def weight_codes(model: Model) -> dict[str, np.ndarray]:
     """The signed weight codes (weight minus its zero point) of every ConvInteger/MatMulInteger
     with a constant weight, keyed by the weight initializer's name: what the integer form means, whatever its storage
-    (offset-binary uint8 next to uint8 activations, int8 otherwise)."""
+    (offset-binary uint8 next to uint8 activations, int8 otherwise, packed int4 nibbles: keyed by
+    the packed initializer ``<layer>_w_q4``)."""
     from compiler.ir import constant_array
+    from passes.quantize.int4 import INT4_ZERO_POINT, match_packed_weight
 
     codes = {}
     for node in model.graph:
@@ -490,6 +492,11 @@ def weight_codes(model: Model) -> dict[str, np.ndarray]:
             continue
         weight = constant_array(node.inputs[1])
         if weight is None:
+            packed = match_packed_weight(node.inputs[1])
+            if packed is not None:  # packed int4 (passes.quantize.int4): keyed by the packed initializer
+                codes[packed.packed_name] = packed.codes.astype(np.int64)
+                zero = constant_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+                assert zero is not None and int(zero) == INT4_ZERO_POINT, f"{node.name}: packed int4 weight without zero point 8"
             continue
         zero = constant_array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
         codes[node.inputs[1].name] = weight.astype(np.int64) - (zero.astype(np.int64) if zero is not None else 0)

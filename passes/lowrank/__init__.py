@@ -5,7 +5,7 @@ Importing this package registers ``factorize-gemm`` and ``factorize-conv``. Modu
 - ``decompose``     the linear algebra (plain and data-aware SVD, Tucker-2, error of every rank);
 - ``rank``          rank selection: fixed, energy threshold, or ``auto`` by the target's cost model;
 - ``cost``          estimated time of a dense or factorized layer from ``ctx.cost_model``;
-- ``_calibration``  input Gram matrices of the candidate layers on ``ctx.calibration``;
+- (``compiler.layer_grams`` gives the input Gram matrices of the candidate layers);
 - ``_graph``        small IR helpers for the rewrites;
 - ``gemm``          the ``factorize-gemm`` pass;
 - ``conv``          the ``factorize-conv`` pass.

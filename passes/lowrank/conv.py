@@ -11,7 +11,7 @@ from compiler.errors import OptionError
 from compiler.ir import Model, Node, constant_array, ir
 from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.canonicalize._graph_utils import is_onnx_op, new_initializer, remove_unused_initializers, unique_name, used_names
-from passes.lowrank._calibration import MAX_GRAM_DIM, GramRequest, input_grams
+from compiler.layer_grams import MAX_GRAM_DIM, GramRequest, input_grams
 from passes.lowrank._graph import FLOAT_DTYPES, cast_like, int_attr, layer_label, new_value, static_dims
 from passes.lowrank.cost import LayerCost, ShapedOp, concrete
 from passes.lowrank.decompose import MatrixSpectrum, Tucker2, svd_spectrum, tucker2

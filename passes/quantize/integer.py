@@ -46,9 +46,13 @@ from compiler.context import CompileContext
 from compiler.ir import DataType, Model, Node, Value, constant_array, ir
 from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
 from passes.quantize.bias_correction import bias_correction, dequantized, input_channel_axis
+from compiler.layer_grams import GramRequest, input_grams
 from passes.quantize.calibrate import Statistics, collect_statistics
+from passes.quantize.gptq import MAX_DIM as GPTQ_MAX_DIM
+from passes.quantize.gptq import gptq_layer_codes, output_error
 from passes.quantize import ibert
 from passes.quantize.emit import Emitter
+from passes.quantize.int4 import emit_packed_weight
 from passes.quantize.layers import (
     FLOAT_TYPES,
     Layer,
@@ -70,6 +74,7 @@ from passes.quantize.qparams import (
     quantize_bias,
     WEIGHT_ZERO_POINT_U8,
     quantize_weight,
+    weight_qmax,
     shared_shift_multipliers,
 )
 from passes.quantize.layers import single_consumer
@@ -88,6 +93,8 @@ QUANT_MAP_KEY = "edgekiln.quant_map"
 
 PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split", "Slice", "Gather")
 _ACT_DTYPES = {"uint8": DataType.UINT8, "int8": DataType.INT8}
+#: Weight rounding modes (the ``rounding`` option).
+ROUNDINGS = ("nearest", "gptq")
 
 # Why common ops have no integer form here (anything else gets the generic reason).
 _ISLAND_REASONS = {
@@ -246,6 +253,7 @@ class _IntegerRewrite:
             self.model, self.ctx.calibration, [v.name for v in dyn_float], self.opts.observer, self.opts.percentile, means
         )
         self.ranges, self.means = stats.ranges, stats.channel_means
+        self.grams = self._input_grams() if self.opts.rounding == "gptq" else {}
         self.notes.append(
             f"calibrated {len(self.ranges)} tensors on {stats.batches} batches with observer '{self.opts.observer}'"
             + (f" (p={self.opts.percentile})" if self.opts.observer == "percentile" else "")
@@ -396,13 +404,19 @@ class _IntegerRewrite:
         qp_out = self.qparams(out)
         bits = self.layer_bits.get(node.name, self.opts.bits) if node.name else self.opts.bits
         w_q, w_scales = quantize_weight(layer.weight, layer.weight_axis, bits)
-        bias = layer.bias if layer.bias is not None else np.zeros(layer.channels)
         note = ""
+        gram = self.grams.get(id(node))
+        if gram is not None:
+            nearest = output_error(layer, w_q, w_scales, gram)
+            w_q = gptq_layer_codes(layer, w_scales, gram, weight_qmax(bits))
+            tuned = output_error(layer, w_q, w_scales, gram)
+            note = f"; GPTQ rounding: calibration output error {tuned / nearest if nearest else 1.0:.3f}x of nearest"
+        bias = layer.bias if layer.bias is not None else np.zeros(layer.channels)
         if self.opts.bias_correction:
             correction = bias_correction(layer, dequantized(layer, w_q, w_scales), self.means[(layer.x.name, input_channel_axis(layer))])
             bias = bias + correction
             steps = np.abs(correction) / qp_out.scale  # in output quantization steps
-            note = f"; bias corrected by {float(steps.mean()):.3f} output steps on average"
+            note += f"; bias corrected by {float(steps.mean()):.3f} output steps on average"
         try:
             b_q = quantize_bias(bias, xq.qp.scale, w_scales, where=label)
             m, s = dyadic_array(np.float64(xq.qp.scale) * w_scales.astype(np.float64) / np.float64(qp_out.scale))
@@ -411,7 +425,7 @@ class _IntegerRewrite:
         rank = len(out.shape) if out.shape is not None else (layer.weight.ndim if layer.kind == "conv" else 2)
         param_shape = [layer.channels] + [1] * (rank - 2) if layer.kind == "conv" else [layer.channels]
         base = node.name or out.name
-        weight_inputs = self._weight_operands(base, w_q, xq.qp)
+        weight_inputs = self._weight_operands(base, w_q, xq.qp, bits)
         x_zp = self.emit.scalar(f"x_zp_{xq.qp.dtype}", xq.qp.zero_point, xq.qp.np_dtype)
         operands = [xq.value, weight_inputs[0], x_zp, *weight_inputs[1:]]
         if layer.kind == "conv":
@@ -428,10 +442,36 @@ class _IntegerRewrite:
         self.notes.append(
             f"{label}{fused} -> {'ConvInteger' if layer.kind == 'conv' else 'MatMulInteger'} int{bits} "
             f"x {layer.channels} channels, dyadic shifts {int(s.min())}..{int(s.max())}{note}"
+            + (" (weights packed two per byte)" if len(weight_inputs) == 2 and weight_inputs[0].producer() is not None else "")
         )
+        if len(weight_inputs) == 2 and weight_inputs[0].producer() is not None:
+            self.stats["packed_int4_layers"] = self.stats.get("packed_int4_layers", 0) + 1
 
-    def _weight_operands(self, base: str, w_q: np.ndarray, x_qp: ActivationQParams) -> list[Value]:
+    def _input_grams(self) -> dict[int, np.ndarray]:
+        """Input Grams of every quantized layer for GPTQ rounding, keyed by node id; layers wider
+        than ``gptq.MAX_DIM`` keep nearest rounding (noted)."""
+        requests, wide = [], []
+        for node_id, layer in self.layers.items():
+            if not isinstance(layer, Layer) or layer.node.name in self.float_layers:
+                continue
+            dim = int(np.prod(layer.weight.shape[1:])) if layer.kind == "conv" else layer.weight.shape[0]
+            if dim > GPTQ_MAX_DIM:
+                wide.append(layer.label)
+                continue
+            groups = layer.groups if layer.kind == "conv" else 1
+            requests.append(GramRequest(str(node_id), layer.node, dim, groups))
+        if wide:
+            self.notes.append(f"GPTQ rounding skipped for {len(wide)} layer(s) wider than {GPTQ_MAX_DIM} inputs "
+                              f"(nearest rounding): {', '.join(wide[:5])}{' ...' if len(wide) > 5 else ''}")
+        grams = input_grams(self.model, self.ctx.calibration, requests)
+        return {int(key): gram for key, gram in grams.items()}
+
+    def _weight_operands(self, base: str, w_q: np.ndarray, x_qp: ActivationQParams, bits: int = 8) -> list[Value]:
         """The weight input(s) of ConvInteger/MatMulInteger for the symmetric codes ``w_q``.
+
+        4-bit codes next to uint8 activations are stored packed, two per byte, and unpacked by a
+        small integer subgraph with weight zero point 8 (``passes.quantize.int4``), unless the
+        ``pack_int4`` option is off (then they take the 8-bit containers below).
 
         With uint8 activations the weight is stored offset-binary: uint8 ``w_q + 128`` with the
         scalar weight zero point 128 (same values: ``(w_q + 128) - 128``). Why: ONNX Runtime's
@@ -444,6 +484,8 @@ class _IntegerRewrite:
         """
         if x_qp.dtype != "uint8":
             return [self.emit.constant(f"{base}_w_q", w_q)]
+        if bits == 4 and self.opts.pack_int4:
+            return list(emit_packed_weight(self.emit, base, w_q))
         offset = (w_q.astype(np.int16) + WEIGHT_ZERO_POINT_U8).astype(np.uint8)
         return [self.emit.constant(f"{base}_w_q", offset), self.emit.scalar("w_zp_uint8", WEIGHT_ZERO_POINT_U8, np.uint8)]
 
@@ -721,10 +763,15 @@ class QuantizeIntegerPass(Pass):
         percentile: for ``observer=percentile``, the upper percentile (lower is 100 - p).
         activations: ``uint8`` (asymmetric, default) or ``int8`` (symmetric).
         bias_correction: add (W - W_dq) E[x] to each layer's bias (see ``bias_correction``).
+        rounding: ``nearest`` (round each weight to its nearest code) or ``gptq`` (choose the
+            codes that minimise each layer's output error on the calibration data, ``gptq``).
         exclude: node names kept float (as islands), e.g. a sensitive first or last layer.
         bits_map: per-layer weight bits, entries ``name@8`` / ``name@4`` / ``name@float``
             (``quantize{bits_map=conv1@4:fc@8}``); overrides ``bits`` for those layers and the
             ``BITS_MAP_KEY`` model metadata that ``mixed-precision`` writes (read, then removed).
+        pack_int4: store 4-bit weights next to uint8 activations packed two per byte, unpacked by
+            an integer subgraph (``passes.quantize.int4``; the artifact keeps them packed); false
+            keeps them in 8-bit containers (codes in [-7, 7]).
 
     Needs: CONSTANTS_LIFTED (weights are initializers), BN_FOLDED (BN would be an island),
         SHAPES_INFERRED (dtypes of activations, static pool sizes).
@@ -752,10 +799,14 @@ class QuantizeIntegerPass(Pass):
     percentile: float = 99.99
     activations: str = "uint8"
     bias_correction: bool = False
+    rounding: str = "nearest"
     exclude: tuple[str, ...] = ()
     bits_map: tuple[str, ...] = ()
+    pack_int4: bool = True
 
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
         check_quantize_options(self.bits, self.observer, self.percentile, self.activations, ctx)
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"option rounding={self.rounding}: must be one of {', '.join(ROUNDINGS)}")
         layer_bit_map(model, self.bits_map)  # reject a malformed map before any work
         return _IntegerRewrite(model, self, ctx).run()

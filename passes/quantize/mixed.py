@@ -6,7 +6,8 @@ Formulation (``solve_ilp``; HiGHS through ``scipy.optimize.milp``)
 Layers l = 1..L (the Conv/Gemm/MatMul layers ``quantize`` makes integer), choices c in C (weight
 bits 8, 4, optionally float). Binary x[l, c] = 1 iff layer l takes choice c::
 
-    minimise    sum_{l,c} S[l, c] x[l, c]                 S: sensitivity (``sensitivity``), additive
+    minimise    sum_{l,c} S[l, c] x[l, c]                 S: sensitivity (``sensitivity``: output
+                                                          perturbation, or ``hessian``), additive
     subject to  sum_c x[l, c] = 1                         for every layer (one choice)
                 sum_{l,c} R_r[l, c] x[l, c] <= B_r        for every budget r in {size, bops, latency}
                 x[l, c] = x[k, c]                          for every c and tied pair (l, k)
@@ -51,7 +52,7 @@ from compiler.pass_base import Fact, Pass, PassResult, Tolerance, register_pass
 from passes.quantize.integer import BITS_MAP_KEY, QuantizeIntegerPass
 from passes.quantize.sensitivity import CHOICES, LayerInfo, find_layers, layer_costs, measure_sensitivity, parse_choice
 
-__all__ = ["IlpInfeasible", "MixedPrecisionPass", "parse_budget", "solve_ilp", "top1_agreement"]
+__all__ = ["IlpInfeasible", "MixedPrecisionPass", "output_accuracy", "parse_budget", "solve_ilp", "top1_agreement"]
 
 RESOURCES = ("size", "bops", "latency")
 _UNITS = {
@@ -139,20 +140,31 @@ def solve_ilp(
     return np.round(result.x).reshape(n_layers, n_choices).argmax(axis=1)
 
 
-def top1_agreement(reference: Model, quantized: Model, calibration) -> float:
-    """Share of calibration predictions (argmax of the first output's last axis) equal to fp32's."""
+def output_accuracy(reference: Model, quantized: Model, calibration) -> dict[str, float]:
+    """How the quantized model's first output compares with fp32's on ``calibration`` (ORT):
+    ``top1_agreement`` (share of rows, argmax over the last axis, equal to fp32's) and ``sqnr_db``
+    = 10 log10(sum y^2 / sum (y - y_q)^2) over every element (inf when equal)."""
+    from compiler.quant_report import sqnr_db
     from compiler.verify import ort_session
 
     sessions = [ort_session(reference), ort_session(quantized)]
     names = {i.name for i in sessions[0].get_inputs()}
     agree = total = 0
+    signal = noise = 0.0
     for feed in calibration:
         feed = {k: v for k, v in feed.items() if k in names}
-        ref, got = (np.asarray(s.run(None, feed)[0]) for s in sessions)
+        ref, got = (np.asarray(s.run(None, feed)[0], dtype=np.float64) for s in sessions)
         a, b = ref.argmax(axis=-1), got.argmax(axis=-1)
         agree += int((a == b).sum())
         total += a.size
-    return agree / max(total, 1)
+        signal += float((ref * ref).sum())
+        noise += float(((ref - got) ** 2).sum())
+    return {"top1_agreement": agree / max(total, 1), "sqnr_db": sqnr_db(signal, noise)}
+
+
+def top1_agreement(reference: Model, quantized: Model, calibration) -> float:
+    """Share of calibration predictions (argmax of the first output's last axis) equal to fp32's."""
+    return output_accuracy(reference, quantized, calibration)["top1_agreement"]
 
 
 def _name_layers(model: Model) -> list[str]:
@@ -192,6 +204,14 @@ class MixedPrecisionPass(Pass):
         tie: groups of node names that must take the same bits, ``a+b:c+d``.
         sweep: points of the Pareto front (0 disables it).
         observer: the observer ``quantize`` uses for the ``max_drop`` check.
+        sensitivity: the estimator, ``perturbation`` (output perturbation, ``metric``) or ``hessian``
+            (Hutchinson Hessian trace x squared quantization error, ``passes.quantize.hessian``;
+            falls back to perturbation with a note when the graph has an op torch cannot run).
+        hessian_samples: Rademacher vectors per calibration batch for ``sensitivity=hessian``.
+        hessian_batches: calibration batches (the first ones) the Hessian loss averages over.
+        measure_front: quantize every Pareto point and the uniform int8/int4 maps on a copy and
+            measure top-1 agreement and output SQNR against fp32 on the calibration data (one
+            ``quantize`` + ORT run per point; off by default).
 
     Needs what ``quantize`` needs. Preserves every fact: only model metadata changes.
     """
@@ -210,6 +230,10 @@ class MixedPrecisionPass(Pass):
     tie: tuple[str, ...] = ()
     sweep: int = 9
     observer: str = "minmax"
+    sensitivity: str = "perturbation"
+    hessian_samples: int = 16
+    hessian_batches: int = 4
+    measure_front: bool = False
 
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
         choices = list(dict.fromkeys(parse_choice(c) for c in self.choices))
@@ -237,7 +261,7 @@ class MixedPrecisionPass(Pass):
 
         # -- tables ---------------------------------------------------------------------------------
         bits = [CHOICES[c] for c in choices if c != "float"] or [8]
-        sens_table = measure_sensitivity(model, layers, ctx.calibration, sorted(set(bits) | {8, 4}, reverse=True), self.metric)
+        sens_table, method, traces = self._sensitivity(model, layers, ctx, sorted(set(bits) | {8, 4}, reverse=True), notes)
         all_choices = ["8", "4", "float"]
         cost_table = {l.name: {c: layer_costs(l, c, ctx.cost_model, ctx.target) for c in all_choices} for l in layers}
         S = np.array([[sens_table[l.name][c] for c in all_choices] for l in layers])
@@ -250,7 +274,7 @@ class MixedPrecisionPass(Pass):
             out["sensitivity"] = float(sum(S[l, assign[l]] for l in rows))
             return out
 
-        uniform = {f"int{b}": totals([all_choices.index(str(b))] * len(layers)) for b in (8, 4)}
+        uniform = {f"int{b}": {"name": f"int{b}", **totals([all_choices.index(str(b))] * len(layers))} for b in (8, 4)}
         budgets = {r: parse_budget(t, r, uniform["int8"][r]) for r, t in budget_text.items() if t}
         assign = solve_ilp(S, R, budgets, ties, allowed)
 
@@ -263,17 +287,20 @@ class MixedPrecisionPass(Pass):
             text = f"{layer.label}: {width} (sensitivity {S[l, c]:.3g}"
             if name == "8":
                 four = all_choices.index("4")
+                d_lat4 = (R['latency'][l, ref] - R['latency'][l, four]) * 1e3
                 text += (f"; 4 bits would cost {S[l, four] - S[l, c]:.3g} more sensitivity to save "
                          f"{_fmt_bytes(R['size'][l, ref] - R['size'][l, four])}"
-                         + (f" and {(R['latency'][l, ref] - R['latency'][l, four]) * 1e3:.3g} ms est." if ctx.cost_model else ""))
+                         + (f" and {'save' if d_lat4 >= 0 else 'add'} {abs(d_lat4):.3g} ms est." if ctx.cost_model else ""))
             else:
                 text += (f"; {'saves' if d_size >= 0 else 'adds'} {_fmt_bytes(abs(d_size))}"
                          + (f", {'saves' if d_lat >= 0 else 'adds'} {abs(d_lat):.3g} ms est." if ctx.cost_model else "")
                          + " vs 8 bits")
             return text + ")" + why
 
+        why = {}
         for l, c in enumerate(assign):
-            notes.append(describe(l, c))
+            why[layers[l].name] = describe(l, c)
+            notes.append(why[layers[l].name])
         chosen = totals(assign)
         budget_words = ", ".join(f"{r} <= {self._show(r, v)}" for r, v in budgets.items()) or "no budget (least sensitivity)"
         notes.append(f"ILP over {len(layers)} layers x {choices} with {budget_words}: size {_fmt_bytes(chosen['size'])}, "
@@ -316,6 +343,7 @@ class MixedPrecisionPass(Pass):
                                f"{'8' if target == 'float' else '4'} bits, {S[l, all_choices.index('8' if target == 'float' else '4')]:.3g})")
                     fallbacks.append(message)
                     notes.append(message)
+                    why[layers[l].name] = message + "; ILP choice was " + why[layers[l].name]
             after = totals(assign)
             over = [r for r, v in budgets.items() if after[r] > v * (1 + 1e-9)]
             if over:
@@ -323,7 +351,14 @@ class MixedPrecisionPass(Pass):
             chosen = after
 
         # -- Pareto front ---------------------------------------------------------------------------
-        front = self._pareto(S, R, budgets, ties, allowed, all_choices, totals) if self.sweep > 0 else []
+        primary, front = self._pareto(S, R, budgets, ties, allowed, all_choices, totals) if self.sweep > 0 else (None, [])
+        if self.measure_front:
+            for point in [*front, *uniform.values()]:
+                picks = point.get("bits") or [point["name"].removeprefix("int")] * len(layers)
+                point["accuracy"] = self._accuracy(model, layers, picks, ctx)
+            chosen["accuracy"] = self._accuracy(model, layers, [all_choices[c] for c in assign], ctx)
+            notes.append(f"measured {len(front) + 3} maps (Pareto points, uniform int8/int4, chosen) on {len(ctx.calibration)} "
+                         "calibration batches: top-1 agreement and output SQNR vs fp32")
 
         bit_map = {layers[l].name: (all_choices[c] if all_choices[c] == "float" else int(all_choices[c])) for l, c in enumerate(assign)}
         text = json.dumps(bit_map, sort_keys=True)
@@ -335,9 +370,15 @@ class MixedPrecisionPass(Pass):
             "chosen": chosen,
             "uniform": uniform,
             "sensitivity": sens_table,
-            "sensitivity_metric": self.metric,
+            "sensitivity_metric": self.metric if method == "perturbation" else "hessian-trace x quantization error (KL units)",
+            "sensitivity_method": method,
+            "hessian": traces,
             "costs": cost_table,
             "pareto": front,
+            "pareto_resource": primary,
+            "why": why,
+            "layers": [{"name": l.name, "label": l.label, "op_type": l.op_type, "weights": l.weight_elems, "macs": l.macs}
+                       for l in layers],
             "fallbacks": fallbacks,
             "latency_source": "roofline estimate" if ctx.cost_model is not None else "none (no cost model)",
         }
@@ -346,6 +387,28 @@ class MixedPrecisionPass(Pass):
         return PassResult(model, modified, stats, notes)
 
     # -- helpers ------------------------------------------------------------------------------------
+    def _sensitivity(self, model: Model, layers: list[LayerInfo], ctx: CompileContext, bits: list[int],
+                     notes: list[str]) -> tuple[dict, str, dict]:
+        """(table, method used, Hessian traces or {}); a Hessian that cannot run falls back."""
+        if self.sensitivity not in ("perturbation", "hessian"):
+            raise ValueError(f"option sensitivity={self.sensitivity}: expected perturbation or hessian")
+        if self.sensitivity == "hessian":
+            from passes.quantize.hessian import HessianUnavailable, hessian_sensitivity
+
+            if self.hessian_batches < 1:
+                raise ValueError(f"option hessian_batches={self.hessian_batches}: must be >= 1")
+            try:
+                table, traces = hessian_sensitivity(model, layers, list(ctx.calibration)[: self.hessian_batches], bits,
+                                                    self.hessian_samples)
+            except HessianUnavailable as exc:
+                notes.append(f"hessian sensitivity unavailable ({exc}): using output perturbation ({self.metric})")
+            else:
+                used = min(self.hessian_batches, len(ctx.calibration))
+                notes.append(f"sensitivity: Hessian trace (Hutchinson, {self.hessian_samples} Rademacher vectors x {used} "
+                             "calibration batches, loss = cross-entropy against the fp32 predictions) x squared quantization error")
+                return table, "hessian", traces
+        return measure_sensitivity(model, layers, ctx.calibration, bits, self.metric), "perturbation", {}
+
     @staticmethod
     def _show(resource: str, value: float) -> str:
         return _fmt_bytes(value) if resource == "size" else f"{value * 1e3:.4g} ms est." if resource == "latency" else f"{value:.4g}"
@@ -357,14 +420,19 @@ class MixedPrecisionPass(Pass):
                 return group
         return [l]
 
-    def _agreement(self, model: Model, layers: list[LayerInfo], picks: list[str], ctx: CompileContext) -> float:
+    def _accuracy(self, model: Model, layers: list[LayerInfo], picks: list[str], ctx: CompileContext) -> dict[str, float]:
+        """``output_accuracy`` of ``model`` quantized with ``picks`` (a copy; ``model`` is unchanged)."""
         quantized = copy_model(model)
         entries = tuple(f"{l.name}@{p}" for l, p in zip(layers, picks))
         QuantizeIntegerPass(observer=self.observer, bits_map=entries)(quantized, CompileContext(
             target=ctx.target, cost_model=ctx.cost_model, calibration=ctx.calibration, options=ctx.options))
-        return top1_agreement(model, quantized, ctx.calibration)
+        return output_accuracy(model, quantized, ctx.calibration)
 
-    def _pareto(self, S, R, budgets, ties, allowed, all_choices, totals) -> list[dict]:
+    def _agreement(self, model: Model, layers: list[LayerInfo], picks: list[str], ctx: CompileContext) -> float:
+        return self._accuracy(model, layers, picks, ctx)["top1_agreement"]
+
+    def _pareto(self, S, R, budgets, ties, allowed, all_choices, totals) -> tuple[str, list[dict]]:
+        """(the swept resource, the front sorted by it)."""
         primary = next((r for r in ("size", "latency", "bops") if r in budgets), "size")
         if primary == "latency" and not R["latency"].any():
             primary = "size"
@@ -382,4 +450,4 @@ class MixedPrecisionPass(Pass):
             key = tuple(int(a) for a in assign)
             point = {"budget": {primary: float(bound)}, **totals(assign), "bits": [all_choices[a] for a in assign]}
             points.setdefault(key, point)
-        return sorted(points.values(), key=lambda p: p[primary])
+        return primary, sorted(points.values(), key=lambda p: p[primary])

@@ -12,16 +12,20 @@ weight, ``layers.match_layer``) and every precision choice:
   (``metric="kl"``). The float choice has sensitivity 0 by definition. Per-layer sensitivities are
   assumed additive (the ILP's objective), as in HAWQ-V3. One ORT session serves the whole table:
   the layer weights are made overridable graph inputs (their initializers stay as defaults).
-  The second-order (Hessian-trace) estimator of the issue is not implemented.
+  The second-order estimator (Hessian trace x squared quantization error, HAWQ) is
+  ``passes.quantize.hessian``, same table format.
 
 * **costs** per choice (all estimates, labelled so):
     size     bytes of the layer's stored parameters: weights at ``w_bits`` (int4 counted packed,
-             two per byte, as the artifact is to store it) + int32 bias; float: 4 bytes each.
+             two per byte, as the ONNX graph and the artifact store it) + int32 bias; float: 4 bytes each.
     bops     MACs * w_bits * a_bits (activations are 8 bits in the integer form; float 32 x 32).
     latency  ``ctx.cost_model.time_node`` of the layer's integer kernel (ConvInteger / MatMulInteger:
-             uint8 input, ``w_bits`` weight bytes, int32 accumulator out; precision ``int4`` only when
-             the target lists int4 and the cost model has an int4 peak, else int8 compute with half
-             the weight bytes) plus its requantize epilogue modelled as one fused element-wise
+             uint8 input, ``w_bits`` weight bytes, int32 accumulator out; precision ``int4`` with
+             half the weight bytes only when the target lists int4 and the cost model has an int4
+             peak; else what the artifact does (targets/lowering/int4.py): int8 compute on int8
+             weights unpacked per inference, plus the unpack kernel and, for a conv, the per-call
+             weight re-layout, so on such targets 4 bits save size, not time) plus its requantize
+             epilogue modelled as one fused element-wise
              kernel (8 ops per output element, int32 in, 8-bit out, per-channel M/S/bias read);
              float fallback: the float node (fp32 bytes, fp32 peak) plus the DequantizeLinear /
              QuantizeLinear at the island's boundary.
@@ -216,10 +220,20 @@ def layer_costs(layer: LayerInfo, choice: str, cost_model=None, target=None) -> 
             works.append(work(f"{layer.label} dq", "DequantizeLinear", 0, layer.x_elems, 0, 5 * layer.x_elems, "fp32"))
             works.append(work(f"{layer.label} q", "QuantizeLinear", 0, layer.out_elems, 0, 5 * layer.out_elems, "fp32"))
         else:
-            precision = "int4" if w_bits == 4 and _int4_compute(cost_model, target) else "int8"
-            kernel_bytes = layer.x_elems + math.ceil(layer.weight_elems * w_bits / 8) + 4 * layer.out_elems
+            native4 = w_bits == 4 and _int4_compute(cost_model, target)
+            precision = "int4" if native4 else "int8"
+            # without int4 compute the kernel reads the unpacked int8 weights (targets/lowering/int4.py)
+            weight_bytes = math.ceil(layer.weight_elems * w_bits / 8) if native4 or w_bits == 8 else layer.weight_elems
+            kernel_bytes = layer.x_elems + weight_bytes + 4 * layer.out_elems
             op = "ConvInteger" if layer.op_type == "Conv" else "MatMulInteger"
             works.append(work(layer.label, op, layer.macs, 2 * layer.macs, layer.weight_elems, kernel_bytes, precision))
+            if w_bits == 4 and not native4:
+                # the per-inference unpack (read n/2 packed bytes, write n, ~3 ops each) and, for a
+                # conv, the schedule's per-call weight re-layout (read and write n)
+                n = layer.weight_elems
+                works.append(work(f"{layer.label} int4 unpack", "Cast", 0, 3 * n, 0, math.ceil(n / 2) + n, "int8"))
+                if layer.op_type == "Conv":
+                    works.append(work(f"{layer.label} weight re-layout", "Transpose", 0, 0, 0, 2 * n, "int8"))
             works.append(work(f"{layer.label} requantize", "Requantize", 0, 8 * layer.out_elems, 0,
                               5 * layer.out_elems + 20 * layer.channels, "int32"))
         latency = sum(cost_model.time_node(w).seconds for w in works)

@@ -24,7 +24,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import schedules
+from targets.lowering import int4, schedules
 from targets.lowering.errors import lowering_step
 
 
@@ -33,6 +33,8 @@ class BuildOutput:
     executable: tvm.runtime.Executable
     schedule_report: schedules.ScheduleReport
     seconds: float
+    #: the scheduled module ``tvm.compile`` compiled (kernel signatures: targets/lowering/kernels.py)
+    module: tvm.IRModule | None = None
 
 
 def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
@@ -66,14 +68,16 @@ def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None
             with lowering_step("applying tuning records", str(records)):
                 mod, tuned = tuning.apply_records(mod, tvm_target, records)
         with lowering_step("scheduling"):
+            mod, unpackers = int4.schedule_unpack_kernels(mod, tvm_target)
             mod, report = schedules.apply_default_schedules(mod, tvm_target)
+            report.scheduled.update(dict.fromkeys(unpackers, "int4-unpack"))
         names = {gvar.name_hint for gvar in mod.get_global_vars()}
         for name in tuned:
             # A tuned conv whose weight was pre-packed is renamed "<name>_prepacked".
             report.scheduled[name if name in names else f"{name}_prepacked"] = "tuned"
         with lowering_step("compile"):
             executable = tvm.compile(mod, target=tvm_target)
-    return BuildOutput(executable, report, time.perf_counter() - start)
+    return BuildOutput(executable, report, time.perf_counter() - start, mod)
 
 
 def export(executable: tvm.runtime.Executable, path: Path, cross_compiler: str | None = None) -> float:

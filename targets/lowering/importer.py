@@ -22,6 +22,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 
 from compiler.errors import LoweringError, OptionError, UnsupportedModelError
 from targets.lowering.errors import one_line
+from targets.lowering.int4 import rewrite_packed_weights
 from targets.lowering.integer_ops import install_converters
 
 # Our converters for the integer-only form (ConvInteger) join the frontend's table before any
@@ -124,12 +125,16 @@ class _TrackingImporter(onnx_frontend.ONNXGraphImporter):
         return result
 
 
-def import_onnx(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> tvm.IRModule:
+def import_onnx(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], notes: list[str] | None = None) -> tvm.IRModule:
     """Relax module of ``model`` with static input shapes; weights embedded as constants.
 
-    Raises UnsupportedModelError (unsupported op), OptionError (bad shapes) or LoweringError
-    (a converter failed: names the operator and node).
+    Packed int4 weights stay packed (``targets.lowering.int4``); what that did is appended to
+    ``notes`` when given. Raises UnsupportedModelError (unsupported op), OptionError (bad shapes)
+    or LoweringError (a converter failed: names the operator and node).
     """
+    model, int4_notes = rewrite_packed_weights(model)
+    if notes is not None:
+        notes.extend(int4_notes)
     check_supported(model)
     shapes = static_shapes(model, input_shapes)
     if model.ir_version < 3:

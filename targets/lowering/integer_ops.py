@@ -29,6 +29,8 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
+from targets.lowering.int4 import UNPACK_OP, UnpackInt4, known_codes
+
 __all__ = ["SUPPORTED_EXTRA_OPS", "ConvInteger", "install_converters", "installed"]
 
 _INT8_TYPES = ("int8", "uint8")
@@ -177,6 +179,8 @@ class ConvInteger(onnx_frontend.OnnxOpConverter):
             padded = relax.op.nn.pad(x, [0, 0, 0, c_pad, pads[0], pads[2], pads[1], pads[3]], pad_value=float(zx))
             acc = bb.normalize(relax.op.nn.conv2d(padded, w, padding=[0, 0, 0, 0], **conv))
             w_value = _constant(w)
+            if w_value is None:
+                w_value = known_codes(bb, w)  # packed int4: the codes are compile-time constants
             if w_value is not None:
                 # int64 sum, then int32: |zx * sum w| <= 128 * 127 * K fits int32 for K < 132000
                 corr = relax.const((zx * w_value.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32)
@@ -225,7 +229,9 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
         if centered is not b:  # the zero point was folded into the weight (now the last input)
             b, b_zp = centered, centered_zp
             inputs = [a, b, *inputs[2:3]]
-        b_value = _constant(b)
+        b_const = _constant(b)
+        # packed int4 (targets/lowering/int4.py): B is unpacked per call, its codes are known
+        b_value = b_const if b_const is not None else known_codes(bb, b)
         a_zp_value = _constant(a_zp) if a_zp is not None else np.zeros(())
         b_zp_value = _constant(b_zp) if b_zp is not None else np.zeros(())
         fast = (
@@ -242,13 +248,13 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
             return onnx_frontend.MatMulInteger._impl_v10(bb, inputs, attr, params)
         za = int(np.asarray(a_zp_value).reshape(-1)[0])
         n = b_value.shape[1]
-        n_pad = -n % VNNI_LANES
+        n_pad = -n % VNNI_LANES if b_const is not None else 0
         if n_pad:
             # N padded with zero columns to a multiple of 16 (the VNNI matmul rule needs whole
             # 16-column vectors; a classifier's N = 1000 otherwise gets the generic rule), the
             # extra columns sliced off after the zero-point correction: exact.
             b_value = np.pad(b_value, [(0, 0), (0, n_pad)])
-        acc = relax.op.matmul(a, relax.const(b_value, "int8"), out_dtype="int32")
+        acc = relax.op.matmul(a, relax.const(b_value, "int8") if b_const is not None else b, out_dtype="int32")
         if za != 0:
             # |za * sum_k B| <= 255 * 127 * K: int32 for K < 66000
             corr = relax.const((za * b_value.astype(np.int64).sum(axis=0)).astype(np.int32), "int32")
@@ -261,10 +267,11 @@ class MatMulInteger(onnx_frontend.OnnxOpConverter):
 _EXTRA_CONVERTERS: dict[str, type[onnx_frontend.OnnxOpConverter]] = {
     "ConvInteger": ConvInteger,
     "MatMulInteger": MatMulInteger,
+    UNPACK_OP: UnpackInt4,  # internal: packed int4 weights (int4.rewrite_packed_weights)
 }
 
 # ONNX op types this module makes importable (for support checks and reports).
-SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS)
+SUPPORTED_EXTRA_OPS: frozenset[str] = frozenset(_EXTRA_CONVERTERS) - {UNPACK_OP}  # UNPACK_OP is internal
 
 _MARK = "_edgekiln_integer_ops"
 

@@ -48,6 +48,10 @@ class LoweringResult:
             or ``c-source-tar``), ``machine`` (ELF e_machine: ``x86_64``, ``aarch64``), ``cuda``
             (``[[kind, sm_XX], ...]`` of embedded fatbins; empty when CUDA shipped as source),
             ``files`` (tar members).
+        kernels: with ``kernel_library``: the kernels ``main`` calls, in order, with their
+            argument signatures (targets/lowering/kernels.py); empty otherwise.
+        kernel_library_file: with ``kernel_library``: ``<library_name>.kernels.so`` in ``out_dir``,
+            the kernels alone, for timing them one by one on a device; None otherwise.
     """
 
     library_file: str
@@ -59,6 +63,8 @@ class LoweringResult:
     input_names: list[str] = dataclasses.field(default_factory=list)
     output_names: list[str] = dataclasses.field(default_factory=list)
     artifact: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kernels: list = dataclasses.field(default_factory=list)
+    kernel_library_file: str | None = None
 
 
 def _library_name(target: Target, library_name: str) -> str:
@@ -76,12 +82,15 @@ def lower_model(
     out_dir: Path,
     library_name: str = "model",
     tuning_records: Path | None = None,
+    kernel_library: bool = False,
 ) -> LoweringResult:
     """Compile ``model_proto`` for ``target`` into ``out_dir/<library_name>.<so|tar>``.
 
     ``input_shapes`` gives the static shape of inputs with symbolic dims (others may be omitted).
     ``tuning_records`` is a records root (or one key directory) written by ``compile --tune``; the
     records matching this target and TVM version are applied, others are ignored with a note.
+    ``kernel_library`` also writes the kernels alone (``<library_name>.kernels.so``) and lists the
+    calls of ``main`` (per-kernel timing on a device; CPU targets only).
     Raises UnsupportedModelError for operators TVM cannot import, OptionError for bad shapes or
     target specs, LoweringError (one line naming the step) for anything TVM fails on.
     """
@@ -96,10 +105,13 @@ def lower_model(
     cross.require_cross_compiler(target)
 
     start = time.perf_counter()
-    mod = importer.import_onnx(model_proto, input_shapes)
+    mod = importer.import_onnx(model_proto, input_shapes, notes)
     seconds["import"] = time.perf_counter() - start
 
     kind = str(resolved.kind.name)
+    if kernel_library and kind != "llvm":
+        raise OptionError(f"target '{target.name}': per-kernel measurement supports CPU (llvm) targets only, not {kind}")
+    kernel_file, kernel_list = None, []
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name
     if kind == "c":
@@ -127,9 +139,14 @@ def lower_model(
                 if records is None:
                     notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
             built = build_step.build(mod, resolved, records)
+            if records is not None:
+                tuned = sum(1 for rule in built.schedule_report.scheduled.values() if rule == "tuned")
+                notes.append(f"tuning records {records}: {tuned} kernel(s) use a tuned schedule, the others the default rules")
         seconds["build"] = built.seconds
         seconds["export"] = build_step.export(built.executable, path, target.cross_compiler)
         artifact = _read_back_library(path, target, kind, resolved, notes)
+        if kernel_library:
+            kernel_file, kernel_list = _export_kernels(built, out_dir, library_name, target)
 
     report = built.schedule_report
     if report.unscheduled:
@@ -148,7 +165,18 @@ def lower_model(
         input_names=[value.name for value in importer.graph_inputs(model_proto)],
         output_names=[value.name for value in model_proto.graph.output],
         artifact=artifact,
+        kernels=kernel_list,
+        kernel_library_file=kernel_file,
     )
+
+
+def _export_kernels(built, out_dir: Path, library_name: str, target: Target) -> tuple[str, list]:
+    """``<library_name>.kernels.so`` and the kernel calls of ``main`` (targets/lowering/kernels.py)."""
+    from targets.lowering import kernels
+
+    name = f"{library_name}.kernels.so"
+    kernels.export_kernels(built.executable, out_dir / name, target.cross_compiler)
+    return name, kernels.kernel_calls(built.module, built.executable)
 
 
 def _host_triple(target: Target, resolved) -> str | None:

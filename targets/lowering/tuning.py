@@ -15,6 +15,9 @@ on both)::
         meta.json                     target JSON, versions, and one entry per tuning run
         logs/                         MetaSchedule's own per-task logs (not needed to apply)
 
+:func:`prune_records` turns such a set into the small one shipped in targets/records/ (only the
+workloads where tuning beat the default schedules, one record each; meta.json keeps the runs).
+
 Why the module is prepared here exactly like build.py prepares it: the database is keyed by the
 structural hash of each fused PrimFunc (attributes included), so a function is found only if
 tuning saw the very same function that the build schedules. :func:`prepare_for_tuning` runs
@@ -728,3 +731,151 @@ def tune(
     run_meta.update(trials=state["trials"], seconds=round(seconds, 2), interrupted=interrupted)
     _write_meta(key_dir, resolved, run_meta)
     return TuningSummary(key_dir, summaries, skipped, state["trials"], seconds, interrupted, notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipping: keep only what beats the default schedules
+
+
+@dataclasses.dataclass
+class PrunedWorkload:
+    """One workload of a pruned record set: its fused function, our default schedule's latency
+    (the seed; None if never measured) and the best search record's (microseconds)."""
+
+    function: str
+    default_us: float | None
+    best_us: float
+    kept: bool
+    remeasured_default_us: float | None = None
+    remeasured_best_us: float | None = None
+
+
+def _describe_workload(mod: tvm.IRModule) -> str:
+    """``block(shape, shape, ...)`` of a workload: its first compute block and its parameter
+    shapes (the database keeps the function as ``main``, without the fused name)."""
+    from tvm import s_tir, tirx
+
+    for _, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        shapes = ["x".join(str(int(d)) for d in getattr(param, "shape", ())) or "scalar" for param in func.params]
+        try:
+            sch = s_tir.Schedule(func)
+            blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+        except Exception:  # noqa: BLE001 - only a label
+            blocks = []
+        anchor = next((b for b in blocks if not b.startswith(("pad", "T_", "compute"))), blocks[0] if blocks else "?")
+        return f"{anchor}({', '.join(shapes)})"
+    return "?"
+
+
+def _remeasure(pairs, resolved: tvm.target.Target, rounds: int) -> list[tuple[float | None, float | None]]:
+    """Median latencies (us) of (seed record, search record) pairs, re-timed now, alternately.
+
+    A seed is measured once, when tuning starts, and the search's candidates minutes later; on a
+    shared machine the load in between can make either look faster than it is. Timing both again
+    back to back, ``rounds`` times in alternation with the tuning's builder and runner, compares
+    them under the same load."""
+    import statistics
+
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    ms_worker.fast_tensor_intrin(arm=_is_arm(resolved))
+    target = _with_num_cores(resolved, [])
+    workers = max(1, int(target.attrs.get("num-cores", 1)))
+    builder = ms.builder.LocalBuilder(max_workers=workers, timeout_sec=90.0,
+                                      initializer=ms_worker.fast_tensor_intrin_arm if _is_arm(resolved) else ms_worker.fast_tensor_intrin)
+    runner = ms.runner.LocalRunner(timeout_sec=60.0)
+    records = [r for pair in pairs for r in pair]
+    schedules = []
+    for record in records:
+        sch = s_tir.Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        schedules.append(sch)
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
+    inputs = [None if b.error_msg else ms.runner.RunnerInput(b.artifact_path, "cpu", r.args_info) for b, r in zip(built, records)]
+    samples: list[list[float]] = [[] for _ in records]
+    for _ in range(rounds):
+        ready = [(i, x) for i, x in enumerate(inputs) if x is not None]
+        for (i, _), future in zip(ready, runner.run([x for _, x in ready])):
+            result = future.result()
+            latency = None if result.error_msg else _mean_us(result.run_secs)
+            if latency is not None:
+                samples[i].append(latency)
+    for b in built:
+        if not b.error_msg:
+            _remove_artifact(b.artifact_path)
+    medians = [statistics.median(v) if v else None for v in samples]
+    return [(medians[2 * i], medians[2 * i + 1]) for i in range(len(pairs))]
+
+
+def prune_records(source: Path, dest_root: Path, min_gain: float = 0.05, remeasure_rounds: int = 0,
+                  target: tvm.target.Target | None = None) -> list[PrunedWorkload]:
+    """Write into ``dest_root/<source key>/`` the workloads of the record set ``source`` whose best
+    MetaSchedule record is faster than our default schedule by more than ``min_gain``, each with
+    that single record; return what was kept and dropped.
+
+    Why prune: a workload whose best record is our own default-schedule seed would, if shipped,
+    replay the schedule the rules produced at tuning time, and a later improvement of the rules
+    would never reach it; without the workload the build simply runs the current rule. One record
+    per workload is all ``apply_records`` reads (the database answers with the fastest), so the
+    others only cost space. ``min_gain`` keeps measurement noise (tuning runs on a loaded machine)
+    from shipping records that are not really faster; with ``remeasure_rounds`` > 0 the workloads
+    that pass are timed again against their seed (:func:`_remeasure`, on ``target``: the resolved
+    target the records are for) and shipped only if they still win by ``min_gain``.
+    """
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    source = Path(source)
+    db = open_database(source)
+    groups: dict[int, list] = {}
+    for record in db.get_all_tuning_records():
+        groups.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
+    dest = Path(dest_root) / source.name
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    out_db = open_database(dest, create=True)
+    summary, candidates = [], []
+    for records in groups.values():
+        seeds = [(r, _mean_us(r.run_secs)) for r in records if not _from_search(r)]
+        seeds = [(r, us) for r, us in seeds if us is not None]
+        seed, seed_us = min(seeds, key=lambda pair: pair[1]) if seeds else (None, None)
+        searched = [(r, _mean_us(r.run_secs)) for r in records if _from_search(r)]
+        searched = [(r, us) for r, us in searched if us is not None]
+        if not searched:
+            continue
+        best, best_us = min(searched, key=lambda pair: pair[1])
+        entry = PrunedWorkload(_describe_workload(best.workload.mod), seed_us, best_us,
+                               seed_us is None or best_us * (1 + min_gain) < seed_us)
+        summary.append(entry)
+        if entry.kept:
+            candidates.append((entry, seed, best))
+    if remeasure_rounds > 0:
+        if target is None:
+            raise ValueError("prune_records: re-measuring needs the target the records are for")
+        pairs = [(seed, best) for _, seed, best in candidates if seed is not None]
+        timed = iter(_remeasure(pairs, _resolve(target), remeasure_rounds) if pairs else [])
+        for entry, seed, best in candidates:
+            if seed is None:
+                continue
+            seed_us, best_us = next(timed)
+            entry.remeasured_default_us, entry.remeasured_best_us = seed_us, best_us
+            entry.kept = best_us is not None and (seed_us is None or best_us * (1 + min_gain) < seed_us)
+    for entry, _, best in candidates:
+        if entry.kept:
+            workload = out_db.commit_workload(best.workload.mod)
+            out_db.commit_tuning_record(
+                ms.database.TuningRecord(best.trace, workload, list(best.run_secs), best.target, best.args_info)
+            )
+    meta = json.loads((source / META_FILE).read_text())
+    meta["pruned"] = {
+        "min_gain": min_gain,
+        "workloads": [dataclasses.asdict(w) for w in summary],
+    }
+    (dest / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return summary

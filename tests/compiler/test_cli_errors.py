@@ -206,3 +206,10 @@ def test_help_mentions_examples(capsys):
 def test_no_model_is_a_usage_error(capsys):
     assert main([]) == 2
     assert "give a model" in capsys.readouterr().err
+
+
+def test_sensitivity_without_a_mixed_precision_budget(tmp_path, capsys):
+    path = _write(tmp_path / "m.onnx", GOOD_TEXT)
+    code, err = _run(tmp_path, capsys, str(path), "--quantize", "int8", "--sensitivity", "hessian")
+    assert code == 2
+    _assert_one_line(err, "--sensitivity", "--budget or --max-drop")

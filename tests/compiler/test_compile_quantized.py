@@ -103,3 +103,26 @@ def test_mixed_precision_budget_from_the_cli(tmp_path):
 def test_budget_without_quantize_is_an_error(tmp_path, capsys):
     assert main([str(EXAMPLE), "--budget", "size=2MB", "-o", str(tmp_path / "o"), "--quiet"]) == 2
     assert "add --quantize int8" in capsys.readouterr().err
+
+
+def test_int4_with_gptq_rounding_from_the_cli(tmp_path):
+    """--quantize int4 --weight-rounding gptq: 4-bit codes chosen on the calibration data, still
+    integer-only and bit-exact across reference, ORT and TVM; held-out top-1 within budget."""
+    out = tmp_path / "q4"
+    assert main([str(EXAMPLE), "--quantize", "int4", "--weight-rounding", "gptq", "-o", str(out), "--quiet",
+                 "--no-measure"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "quantize{bits=4,rounding=gptq}" in report["pipeline"]["spec"]
+    assert report["summary"]["verification"]["integer_bit_exact"]["passed"] is True
+    notes = next(p["notes"] for p in report["passes"] if p["name"] == "quantize")
+    assert sum("GPTQ rounding" in n for n in notes) == 3
+    accuracy = report["summary"]["accuracy"]
+    assert (accuracy["original_onnxruntime"]["top1"] - accuracy["artifact_tvm"]["top1"]) * 100 <= 2 * QUANT_TOP1_DROP_POINTS
+
+
+@pytest.mark.parametrize("flag", [["--weight-rounding", "gptq"], ["--observer", "mse"]])
+def test_quantization_options_without_quantize_are_an_error(tmp_path, capsys, flag):
+    assert main([str(EXAMPLE), *flag, "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a quantization option: add --quantize" in err
+    assert not (tmp_path / "o").exists()

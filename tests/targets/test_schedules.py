@@ -125,6 +125,20 @@ def test_conv2d_direct(k, s, p, f):
     assert all(name.endswith("_prepacked") for name in report.scheduled), report
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (1, 2, 0), (3, 1, 0)], ids=["padded", "1x1s2-unpadded", "3x3-unpadded"])
+def test_conv2d_reads_channels_last_copy(k, s, p):
+    """The direct conv reads its input from a channels-last [n, h, w, c] copy: the padding stage
+    re-laid out when the conv pads, a transposing copy otherwise."""
+    o = (20 + 2 * p - k) // s + 1
+    proto = make_model(CONV.format(k=k, s=s, p=p, f=32, o=o), {"w": (32, 16, k, k), "b": (32,)})
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    (name,) = report.scheduled
+    side = 20 + 2 * p
+    assert f"(T.int64(1), T.int64({side}), T.int64({side}), T.int64(16))" in mod[name].script()
+
+
 def test_conv2d_residual_epilogue_stays_fused():
     """conv + bias + residual add + relu is one function, scheduled as one conv kernel."""
     proto = make_model(
@@ -186,6 +200,28 @@ def test_dense():
         {"w": (100, 200), "b": (100,)},
     )
     check(proto, {"matmul": "matmul"})
+
+
+def test_matmul_constant_weight_is_prepacked():
+    """A constant [K, N] weight (MatMul, no transpose) is packed to [N/tile, K, tile] at compile
+    time (the function is renamed *_prepacked), exact vs ORT; a matrix-vector product gets a
+    multi-vector tile (several independent accumulators)."""
+    proto = make_model(
+        """
+        agraph (float[1, 96] x) => (float[1, 200] y) {
+            m = MatMul (x, w)
+            y = Add (m, b)
+        }
+        """,
+        {"w": (96, 200), "b": (200,)},
+    )
+    report = check(proto, {"matmul": "matmul"})
+    assert all(name.endswith("_prepacked") for name in report.scheduled), report
+    from targets.lowering.schedules.matmul import choose_tile
+
+    assert choose_tile(1, 1000, 8, 16) == (8, 5, 1)  # 125 vectors: 5 accumulators, not 1
+    v, nb, _ = choose_tile(1, 1000, 16, 32)
+    assert v * nb == 40  # AVX-512: 1000 is not a multiple of 16 lanes, so 5 vectors of 8
 
 
 def test_batch_matmul_attention_shapes():
@@ -262,7 +298,28 @@ def test_pooling():
         }
         """
     )
-    check(proto, {"max_pool2d": "reduction", "mean": "reduction"})
+    check(proto, {"max_pool2d": "maxpool", "mean": "reduction"})
+
+
+@pytest.mark.parametrize(
+    "hw,k,s,p", [(112, 3, 2, 1), (15, 3, 1, 1), (28, 2, 2, 0), (17, 3, 2, 0)],
+    ids=["resnet-stem-pool", "s1-pad", "2x2s2", "odd-unpadded"],
+)
+def test_maxpool_float(hw, k, s, p):
+    """fp32 max pooling goes to the MaxPool rule (per-plane padding, vectorized window taps) and
+    equals ONNX Runtime exactly in value (max is exact in any order)."""
+    o = (hw + 2 * p - k) // s + 1
+    proto = make_model(
+        f"""
+        agraph (float[1, 8, {hw}, {hw}] x) => (float[1, 8, {o}, {o}] y) {{
+            y = MaxPool <kernel_shape = [{k}, {k}], pads = [{p}, {p}, {p}, {p}], strides = [{s}, {s}]> (x)
+        }}
+        """
+    )
+    feeds = feeds_for(proto)
+    outs, report, _ = compile_onnx(proto, feeds)
+    assert list(report.scheduled.values()) == ["maxpool"], report
+    np.testing.assert_array_equal(outs[0], ort_reference(proto, feeds)[0])
 
 
 def test_elementwise_chain():
@@ -301,10 +358,10 @@ def test_small_cnn_fully_scheduled():
          "b3": (16,), "w4": (10, 16), "b4": (10,)},
         {"lo": 0.0, "hi": 6.0},
     )
-    report = check(proto, {"max_pool2d": "reduction"})
+    report = check(proto, {"max_pool2d": "maxpool"})
     assert isinstance(report, ScheduleReport)
     rules = set(report.scheduled.values())
-    assert {"conv2d-direct", "conv2d-grouped", "matmul", "reduction"} <= rules, report
+    assert {"conv2d-direct", "conv2d-grouped", "matmul", "maxpool", "reduction"} <= rules, report
 
 
 def test_avx2_register_budget():
@@ -375,3 +432,29 @@ def test_strided_depthwise(hw, s):
         {"w": (24, 1, 3, 3), "b": (24,)},
     )
     check(proto, {"conv2d": "conv2d-grouped"})
+
+
+@pytest.mark.parametrize("hw,s,p", [(14, 1, 1), (28, 2, 1), (7, 1, 0)], ids=["s1", "s2", "unpadded"])
+def test_depthwise_channel_blocked(hw, s, p):
+    """Depthwise convs with short output rows are vectorized over V channels: the padded copy is
+    NCHW{V}c ([n, c/V, h, w, V]) and the result equals ORT within the TVM tolerance."""
+    lanes = common.vector_lanes(host_target(), "float32")
+    c = 2 * lanes
+    o = (hw + 2 * p - 3) // s + 1
+    proto = make_model(
+        f"""
+        agraph (float[1, {c}, {hw}, {hw}] x) => (float[1, {c}, {o}, {o}] y) {{
+            d = Conv <kernel_shape = [3, 3], pads = [{p}, {p}, {p}, {p}], strides = [{s}, {s}], group = {c}> (x, w, b)
+            y = Clip (d, lo, hi)
+        }}
+        """,
+        {"w": (c, 1, 3, 3), "b": (c,)},
+        {"lo": 0.0, "hi": 6.0},
+    )
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    assert set(report.scheduled.values()) == {"conv2d-grouped"}, report
+    (name,) = report.scheduled
+    side = hw + 2 * p
+    assert f"(T.int64(1), T.int64(2), T.int64({side}), T.int64({side}), T.int64({lanes}))" in mod[name].script()

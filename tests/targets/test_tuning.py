@@ -276,3 +276,67 @@ def test_conv_with_packed_weight_seed_tunes_and_applies(tmp_path, cpu, resolved)
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     result = compare([got], expected, TVM_BACKEND)
     assert result["passed"], result
+
+
+def test_prune_keeps_only_records_that_beat_the_default_schedule(tmp_path, resolved):
+    """prune_records ships a workload only when a search record beats our default-schedule seed
+    by more than min_gain, with that one record; a workload the default wins is left out, so a
+    build runs the current rule for it."""
+    source, matmul = _fake_record_set(tmp_path, resolved, {8: (10e-6, 5e-6), 16: (10e-6, 9.8e-6)})
+    kept = tuning.prune_records(source, tmp_path / "shipped", min_gain=0.05)
+    assert sorted((w.kept, round(w.best_us, 1)) for w in kept) == [(False, 9.8), (True, 5.0)]
+    shipped = tmp_path / "shipped" / source.name
+    assert tuning.find_records(tmp_path / "shipped", resolved) == shipped
+    assert len(record_lines(shipped)) == 1
+    meta = json.loads((shipped / tuning.META_FILE).read_text())
+    assert meta["runs"] == [{"trials": 2}] and meta["pruned"]["min_gain"] == 0.05
+    (only,) = tuning.open_database(shipped).get_all_tuning_records()
+    tvm.ir.assert_structural_equal(only.workload.mod, matmul(8))
+
+
+def test_prune_remeasure_drops_a_record_that_only_looked_faster(tmp_path, resolved):
+    """A 'search' record whose stored time (measured under other load) beats the default but whose
+    schedule is TVM's naive loop nest loses when both are timed again back to back: not shipped."""
+    source, _ = _fake_record_set(tmp_path, resolved, {64: (1e-3, 1e-6)}, k=256)
+    (entry,) = tuning.prune_records(source, tmp_path / "shipped", min_gain=0.05, remeasure_rounds=2, target=resolved)
+    assert entry.remeasured_best_us > entry.remeasured_default_us and not entry.kept
+    assert tuning.open_database(tmp_path / "shipped" / source.name).get_all_tuning_records() == []
+
+
+def _fake_record_set(tmp_path, resolved, timings: dict, k: int = 32):
+    """A record set of matmul workloads [rows x k] @ [k x 32], one per ``timings`` entry (rows ->
+    (default seed seconds, search seconds)): the seed is our Matmul rule's schedule, the search
+    record TVM's unscheduled loops marked as MetaSchedule's (EnterPostproc). Returns (key dir,
+    workload maker)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.script import tirx as T
+
+    from targets.lowering.schedules.matmul import Matmul
+
+    def matmul(n: int):
+        @T.prim_func(private=True, s_tir=True)
+        def func(a: T.Buffer((n, k), "float32"), b: T.Buffer((k, 32), "float32"), c: T.Buffer((n, 32), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            for i, j, kk in T.grid(n, 32, k):
+                with T.sblock("matmul"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        c[vi, vj] = T.float32(0.0)
+                    c[vi, vj] = c[vi, vj] + a[vi, vk] * b[vk, vj]
+
+        return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})  # as extract_tasks gives them
+
+    source = tmp_path / "scratch" / tuning.record_key(resolved)
+    source.mkdir(parents=True)
+    (source / tuning.META_FILE).write_text(json.dumps({"key": source.name, "runs": [{"trials": 2}]}))
+    db = tuning.open_database(source, create=True)
+    for rows, (seed_s, search_s) in timings.items():
+        mod = matmul(rows)
+        workload = db.commit_workload(mod)
+        seed = Matmul().apply(mod["main"], resolved, False)
+        search = tvm.s_tir.Schedule(mod)
+        search.enter_postproc()  # what marks a trace as MetaSchedule's own
+        args_info = ms.arg_info.ArgInfo.from_entry_func(mod, remove_preproc=True)
+        for sch, seconds in ((seed, seed_s), (search, search_s)):
+            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [seconds], resolved, args_info))
+    return source, matmul

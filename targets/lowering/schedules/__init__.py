@@ -11,6 +11,7 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
     depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
     matmul.Matmul                matmul / dense / batch matmul, transformer shapes
     pool_int8.MaxPoolInt8        8-bit (uint8/int8) max pooling of the integer-only form
+    pool.MaxPool                 max pooling of any other dtype (fp32)
     reduction.RowReduction       pooling, mean, softmax, layernorm, sums (reduce + elementwise)
     injective.Injective          elementwise / broadcast / transpose / reshape / gather
 
@@ -46,16 +47,17 @@ def default_rules() -> list[ScheduleRule]:
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
     from targets.lowering.schedules.matmul_int8 import MatmulInt8VNNI
+    from targets.lowering.schedules.pool import MaxPool
     from targets.lowering.schedules.pool_int8 import MaxPoolInt8
     from targets.lowering.schedules.reduction import RowReduction
 
     # The int8 rules come first: they claim only u8 x i8 -> i32 functions (the VNNI ones on VNNI
     # targets only, DepthwiseInt8 on any LLVM CPU) and decline everything else, which then reaches
     # the dtype-agnostic rules below unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
-    # generic RowReduction.
+    # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
         Conv2dInt8VNNI(), MatmulInt8VNNI(), DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
-        MaxPoolInt8(), RowReduction(), Injective(),
+        MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]
 
 

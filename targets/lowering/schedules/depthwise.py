@@ -1,6 +1,23 @@
 """Depthwise and grouped NCHW conv2d (``group_conv2d_nchw``, groups > 1).
 
-Loop structure produced (OW output width, xv <= V columns per vector, yt rows per tile):
+Two loop nests, chosen by the output width (V SIMD lanes):
+
+Channel-blocked, for float depthwise convs (one input channel per output channel, channels a
+multiple of V) whose output rows are short (OW < 4V: MobileNetV2's 28/14/7-wide layers here):
+
+    padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
+                 the padding stage re-laid out, vectorized over the V channels)
+    weight pack: W[F, 1, KH, KW] -> Wp[F/V, KH, KW, 1, V]   (folded at compile time)
+    parallel for (n, f_outer, oh):
+        for ow_outer:
+            acc[xt][V] = 0                                     # xt vector registers
+            for ry, rx (unrolled), xi in 0..xt (unrolled):
+                acc[xi][:] += pad[f_outer, oh*s+ry, (ow0+xi)*s+rx, :] (vector load)
+                              * Wp[f_outer, ry, rx, 0, :]              (vector load)
+            out[n, f_outer*V:+V, oh, ow0:ow0+xt] = epilogue(acc)
+
+Width-vectorized, for everything else (OW output width, xv <= V columns per vector, yt rows per
+tile):
 
     parallel for (n, f, oh_outer):
         pad[rows needed by this tile] = padded input rows of channel f (L1-resident; for stride
@@ -14,12 +31,15 @@ Loop structure produced (OW output width, xv <= V columns per vector, yt rows pe
                                   * W[f, rc, ry, rx]                                 (broadcast)
             out[n, f, oh0:oh0+yt, ow0:ow0+xv] = epilogue(acc)
 
-Why: a depthwise conv has one input channel per output channel, so there is no channel reduction
-to vectorize over and channel vectors would need gathers from NCHW; the contiguous axis is the
-output width. Rows of width <= V become one (possibly partial) vector, wider rows are split by
-the largest divisor <= V so there is no tail. Several output rows share each weight broadcast.
-The op is memory-bound (9 FMAs per output), so one pass over the padded input at full vector
-width is what matters.
+Why: a depthwise conv has no channel reduction, and the op is memory-bound (9 FMAs per output),
+so what matters is one pass over the input at full vector width. Along the width that holds for
+rows that are whole multiples of V; rows of 28, 14 or 7 columns leave lanes idle (partial vectors
+of 7) and the per-tile strided copy dominates. Blocking V channels makes every load a full,
+contiguous vector for any width and stride, at the price of a transposing (gathering) padded copy
+and a transposed write-back. Measured on one Zen 3 core (AVX2, V = 8) against ONNX Runtime in the
+same run: 144 ch 56->28 stride 2: 0.41 -> 0.29 ms (ORT 0.27); 192 ch @ 28: 0.29 -> 0.13 ms (ORT
+0.13); 576 ch @ 14: 0.18 -> 0.12 ms (ORT 0.10); at 112 and 56 columns both forms are within 10%
+of ORT and the width form is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +48,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from targets.lowering.schedules import common
+from targets.lowering.schedules.conv2d import _weight_read_index
 
 
 class GroupConv2d(common.ScheduleRule):
@@ -50,6 +71,8 @@ class GroupConv2d(common.ScheduleRule):
     def _schedule(self, sch, conv, target):
         out_dtype = sch.get(conv).writes[0].source.dtype
         lanes = common.vector_lanes(target, out_dtype)
+        if self._channel_blocked_pays(sch, conv, lanes):
+            return self._schedule_channel_blocked(sch, conv, lanes)
         producers = [p for p in sch.get_producers(conv) if common.block_name(sch, p).startswith("pad_temp")]
         epilogue = common.fuse_epilogue(sch, conv)
 
@@ -82,6 +105,62 @@ class GroupConv2d(common.ScheduleRule):
             sch.compute_at(pad, outer, preserve_unit_loops=True)
             if strided:
                 self._vectorize_pad(sch, pad, lanes)
+        return sch
+
+    @staticmethod
+    def _channel_blocked_pays(sch, conv, lanes: int) -> bool:
+        """True for a float depthwise conv (F == C, one channel per group, F a multiple of
+        ``lanes``) with output rows shorter than 4 vectors (see the module docstring)."""
+        block = sch.get(conv)
+        if not str(block.writes[0].source.dtype).startswith(("float", "bfloat")):
+            return False
+        _, f, _, x, rc, _, _ = sch.get_loops(conv)
+        F, OW, RC = common.extents(sch, [f, x, rc])
+        w_idx = _weight_read_index(block)
+        if w_idx is None or RC != 1 or F % lanes or OW >= 4 * lanes:
+            return False
+        data = [r for i, r in enumerate(block.reads) if i != w_idx and len(r.region) == 4]
+        return len(data) == 1 and int(data[0].source.shape[1]) == F
+
+    @staticmethod
+    def _schedule_channel_blocked(sch, conv, lanes: int):
+        """The channel-blocked nest of the module docstring (NCHW{V}c padded copy, V channels per
+        vector, xt <= 8 output columns of accumulators)."""
+        func = sch.mod["main"]
+        block = sch.get(conv)
+        w_idx = _weight_read_index(block)
+        producers = [p for p in sch.get_producers(conv) if common.block_name(sch, p).startswith("pad_temp")]
+        epilogue = common.fuse_epilogue(sch, conv)
+        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+        N, F, OH, OW = common.extents(sch, [n, f, y, x])
+        v = lanes
+        common.pack_operand(sch, func, conv, w_idx, lambda o, i, h, w: (o // v, h, w, i, o % v))
+        if producers:
+            pad = producers[0]
+        else:  # unpadded: a plain re-laying copy
+            data = [i for i, r in enumerate(sch.get(conv).reads) if i != w_idx and len(r.region) == 4]
+            pad = sch.cache_read(conv, data[0], "global")
+        sch.transform_layout(pad, ("write", 0), lambda a, c, h, w: (a, c // v, h, w, c % v))
+        sch.transform_block_layout(pad, lambda a, c, h, w: (a, c // v, h, w, c % v))
+        xt = common.largest_divisor(OW, 8)
+        fo, fv = sch.split(f, [None, v])
+        xo, xi = sch.split(x, [None, xt])
+        sch.reorder(n, fo, y, xo, rc, ry, rx, xi, fv)
+        acc = sch.cache_write(conv, 0, "local")
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+        parallel = N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS
+        common.attach_write_back(sch, acc, epilogue, xo, [n, fo, y], parallel)
+        sch.unroll(ry)
+        sch.unroll(rx)
+        common.unroll_and_vectorize_tile(sch, conv, [xi], fv, rc)
+        write_back = sch.get_loops(acc)
+        if xt > 1:
+            sch.vectorize(write_back[-1])  # contiguous columns of one output channel
+        pad_loops = sch.get_loops(pad)
+        rows = sch.fuse(*pad_loops[:3])
+        if parallel:
+            sch.parallel(rows)
+        sch.vectorize(pad_loops[-1])  # V channels of one pixel (a gather from V planes)
         return sch
 
     @staticmethod

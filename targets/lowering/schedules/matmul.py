@@ -2,7 +2,7 @@
 
 Loop structure produced (M rows, N columns, V SIMD lanes, tile = nb*V columns x mt rows):
 
-    B pack (only when B is stored [.., N, K]): B -> Bp[.., N/tile, K, tile]
+    B pack (when B is a constant weight, or stored [.., N, K]): B -> Bp[.., N/tile, K, tile]
               (a constant weight is packed at compile time; see common.pack_operand)
     parallel for (b.., i_outer, j_outer):
         acc[mt][tile] = 0                               # register tile
@@ -12,10 +12,14 @@ Loop structure produced (M rows, N columns, V SIMD lanes, tile = nb*V columns x 
         C[i0:i0+mt, j0:j0+tile] = epilogue(acc)         # bias, scale, residual fused
 
 Why: the classic outer-product micro-kernel. Each k step loads nb vectors of B and broadcasts mt
-elements of A into nb*mt FMAs on register-resident accumulators (sized to the register file, common.register_tile). The
-``[K, N]`` weight layout that ONNX Gemm/MatMul import produces is already contiguous along j, so
-only transposed (``NT``) operands are packed. With M == 1 (a classifier head) the tile is one row
-wide and the loop is bound by reading the weight once, in parallel over column blocks.
+elements of A into nb*mt FMAs on register-resident accumulators (sized to the register file,
+common.register_tile). Packing makes the k loop stream one contiguous block of B per tile instead
+of a tile-wide strip of every row (a new cache line, and often a new page, per k step): constant
+weights are packed at compile time for free, activations only when stored transposed (``NT``),
+where the packing is needed for vector loads at all. Measured on Zen 3 (one core, transformer
+shapes 64x128x512 and 64x512x128): 0.16 / 0.15 ms unpacked, 0.11 / 0.10 ms packed, ONNX Runtime
+0.10 ms. With M == 1 (a classifier head) the tile is one row wide (see choose_tile) and the loop
+is bound by reading the weight once, in parallel over column blocks.
 """
 
 from __future__ import annotations
@@ -29,9 +33,17 @@ _ANCHOR_NAMES = ("matmul", "T_matmul", "NT_matmul", "T_matmul_NT", "T_batch_matm
 
 
 def choose_tile(rows: int, cols: int, lanes: int, registers: int) -> tuple[int, int, int]:
-    """(V, nb, mt): vector width along columns, vectors per tile, rows per tile."""
+    """(V, nb, mt): vector width along columns, vectors per tile, rows per tile.
+
+    With one row per tile (a matrix-vector product, e.g. a classifier head at batch 1) the tile
+    is widened to up to 8 vectors (nb loads + nb accumulators + 1 broadcast within the register
+    file): register_tile's nb <= 4 leaves a single accumulator for column counts like 1000
+    (125 vectors), one FMA dependency chain (0.22 ms for 1280x1000 on Zen 3; 5 accumulators:
+    0.08 ms, ONNX Runtime 0.12 ms)."""
     v = common.vector_width_for(cols, lanes)
     nb, mt = common.register_tile(cols // v, rows, registers)
+    if mt == 1:
+        nb = common.largest_divisor(cols // v, min(8, (registers - 1) // 2))
     return v, nb, mt
 
 
@@ -93,9 +105,12 @@ class Matmul(common.ScheduleRule):
         tile = nb * v
 
         epilogue = common.fuse_epilogue(sch, mm)
-        if b_transposed and v > 1:
-            nbatch = len(sch.get(mm).reads[b_idx].source.shape) - 2
-            common.pack_operand(sch, func, mm, b_idx, _nt_pack_map(nbatch, tile))
+        b_buffer = sch.get(mm).reads[b_idx].source
+        nbatch = len(b_buffer.shape) - 2
+        b_param = common.read_buffer_param_index(func, b_buffer)
+        b_constant = b_param is not None and b_param in common.layout_free_params(func)
+        if v > 1 and (b_transposed or b_constant):
+            common.pack_operand(sch, func, mm, b_idx, _pack_map(nbatch, tile, b_transposed))
 
         io, it = sch.split(i, [None, mt])
         jo, jb, jv = sch.split(j, [None, nb, v])
@@ -125,11 +140,13 @@ class Matmul(common.ScheduleRule):
         return sch
 
 
-def _nt_pack_map(nbatch: int, tile: int):
-    """Index map [b.., j, k] -> [b.., j // tile, k, j % tile] for a B operand stored transposed."""
+def _pack_map(nbatch: int, tile: int, transposed: bool):
+    """Index map of B ([b.., j, k] when ``transposed``, else [b.., k, j]) to
+    [b.., j // tile, k, j % tile]: the tile's columns of consecutive k steps are contiguous."""
 
     def index_map(*idx):
-        *b, j, k = idx
+        *b, first, second = idx
+        j, k = (first, second) if transposed else (second, first)
         return (*b, j // tile, k, j % tile)
 
     return tirx.IndexMap.from_func(index_map, ndim=nbatch + 2)

@@ -9,7 +9,7 @@ import passes.lowrank  # noqa: F401  (registers the passes; passes/__init__ does
 from compiler.context import CompileContext
 from compiler.ir import constant_array, copy_model
 from compiler.verify import random_feeds, run_onnxruntime
-from passes.lowrank._calibration import GramRequest, input_grams
+from compiler.layer_grams import GramRequest, input_grams
 from passes.lowrank.conv import FactorizeConvPass
 from passes.lowrank.decompose import relative_output_error, tucker2
 from targets.cost_model import RooflineCostModel

@@ -106,8 +106,8 @@ def _digits():
     return model, split_batches(calib, 1), data, labels
 
 
-def _ctx(calibration):
-    target = get_target("cpu")
+def _ctx(calibration, target_name: str = "cpu"):
+    target = get_target(target_name)
     return CompileContext(target=target, cost_model=RooflineCostModel(target), calibration=calibration)
 
 
@@ -159,8 +159,10 @@ def test_digits_size_budget_picks_a_mix_and_meets_it() -> None:
 def test_digits_pareto_front_dominates_uniform_points() -> None:
     canonical, calibration, _, _ = _digits()
     model = copy_model(canonical)
-    for resource in ("size", "latency"):
-        _, records = _run(f"mixed-precision{{{resource}=1.0x,sweep=7}}", copy_model(model), _ctx(calibration))
+    # size on the CPU; latency on the FPGA target, the one whose cost model has int4 compute (on
+    # the CPU 4-bit weights are unpacked per inference and cost time: see the test below)
+    for resource, target in (("size", "cpu"), ("latency", "fpga")):
+        _, records = _run(f"mixed-precision{{{resource}=1.0x,sweep=7}}", copy_model(model), _ctx(calibration, target))
         stats = _record(records, "mixed-precision").stats
         front = stats["pareto"]
         assert len(front) >= 2
@@ -170,6 +172,17 @@ def test_digits_pareto_front_dominates_uniform_points() -> None:
         # the front is non-dominated: sorted by the resource, sensitivity strictly falls
         sens = [p["sensitivity"] for p in front]
         assert all(a > b for a, b in zip(sens, sens[1:]))
+
+
+def test_cpu_latency_front_is_uniform_int8_because_int4_is_unpacked_per_inference() -> None:
+    canonical, calibration, _, _ = _digits()
+    _, records = _run("mixed-precision{latency=1.0x,sweep=5}", copy_model(canonical), _ctx(calibration))
+    stats = _record(records, "mixed-precision").stats
+    assert stats["uniform"]["int4"]["latency"] > stats["uniform"]["int8"]["latency"]
+    for name, costs in stats["costs"].items():
+        assert costs["4"]["latency"] > costs["8"]["latency"], name  # unpack kernel + int8 weight reads
+        assert costs["4"]["size"] < costs["8"]["size"], name
+    assert [p["bits"] for p in stats["pareto"]] == [["8"] * len(stats["bits"])]
 
 
 def test_latency_budget_uses_the_cost_model_and_infeasible_budget_says_so() -> None:

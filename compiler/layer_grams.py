@@ -1,16 +1,20 @@
-"""Input Gram matrices of candidate layers on calibration data (private to the lowrank package).
+"""Input Gram matrices of Conv/Gemm/MatMul layers on calibration data.
 
-For a layer ``y = W x`` the error of any approximation ``W'`` on the calibration set is a function
-of ``G = sum_x x x^T`` alone (:mod:`passes.lowrank.decompose`), so this module reduces each
-calibration batch to one Gram per layer and never keeps activations:
+For a layer ``y = W x`` the output error of any replacement ``W'`` on the calibration set is a
+function of ``G = sum_x x x^T`` alone: ``sum ||(W - W') x||^2 = tr((W - W') G (W - W')^T)``. Low-rank
+factorization (passes/lowrank/decompose) and GPTQ weight rounding (passes/quantize/gptq) both
+minimise that, so this module reduces each calibration batch to one Gram per layer and never keeps
+activations:
 
 - Gemm/MatMul: ``x`` are the rows of the activation reshaped to ``[-1, K]`` (``A^T`` when
   ``transA=1``);
 - Conv: ``x`` are the im2col patches ``[C*k1*..*kn]`` (channel major, the order of
-  ``W.reshape(M, -1)``) at every output position, with the layer's pads, strides and dilations.
+  ``W.reshape(M, -1)``) at every output position, with the layer's pads, strides and dilations;
+  a grouped conv (``GramRequest.groups = g``) gets one Gram per group over its ``C/g`` input
+  channels, ``[g, K/g, K/g]`` (a depthwise conv: ``[C, k1*k2, k1*k2]``).
 
-Activations come from ``compiler.intermediates`` (ONNX Runtime on a copy of the model). Layers are processed in chunks whose Grams fit in
-:data:`GRAM_MEMORY_BYTES`, one session per chunk.
+Activations come from ``compiler.intermediates`` (ONNX Runtime on a copy of the model). Layers are
+processed in chunks whose Grams fit in :data:`GRAM_MEMORY_BYTES`, one session per chunk.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ class GramRequest:
     Attributes:
         key: the caller's handle for the result.
         node: the Gemm/MatMul/Conv node (its input 0 is the activation).
-        dim: the Gram's side (K for a matrix product, C*prod(k) for a conv).
+        dim: the Gram's side (K for a matrix product, C/groups*prod(k) for a conv).
+        groups: a conv's groups; > 1 gives one Gram per group, ``[groups, dim, dim]``.
     """
 
     key: str
     node: Node
     dim: int
+    groups: int = 1
 
 
 def _ints(node: Node, name: str, default: Sequence[int]) -> list[int]:
@@ -94,10 +100,16 @@ def conv_patches(x: np.ndarray, node: Node, kernel: Sequence[int]) -> np.ndarray
 
 
 def _rows(array: np.ndarray, request: GramRequest) -> np.ndarray:
+    """The Gram's sample rows, ``[rows, dim]`` (``[groups, rows, dim]`` for a grouped conv)."""
     node = request.node
     if node.op_type == "Conv":
         weight_shape = node.inputs[1].const_value.shape
-        return conv_patches(array, node, [int(d) for d in tuple(weight_shape)[2:]])
+        kernel = [int(d) for d in tuple(weight_shape)[2:]]
+        if request.groups > 1:
+            n, c = array.shape[:2]
+            grouped = array.reshape(n, request.groups, c // request.groups, *array.shape[2:])
+            return np.stack([conv_patches(grouped[:, g], node, kernel) for g in range(request.groups)])
+        return conv_patches(array, node, kernel)
     trans_a = node.attributes.get("transA")
     if node.op_type == "Gemm" and trans_a is not None and trans_a.as_int():
         array = array.T
@@ -108,7 +120,7 @@ def _chunks(requests: Sequence[GramRequest]) -> list[list[GramRequest]]:
     chunks: list[list[GramRequest]] = [[]]
     used = 0
     for request in requests:
-        size = request.dim * request.dim * 8
+        size = request.groups * request.dim * request.dim * 8
         if chunks[-1] and used + size > GRAM_MEMORY_BYTES:
             chunks.append([])
             used = 0
@@ -118,7 +130,8 @@ def _chunks(requests: Sequence[GramRequest]) -> list[list[GramRequest]]:
 
 
 def input_grams(model: Model, calibration: Sequence[Feeds], requests: Sequence[GramRequest]) -> dict[str, np.ndarray]:
-    """``{request.key: G}`` summed over every calibration batch (float64).
+    """``{request.key: G}`` summed over every calibration batch (float64; ``[groups, dim, dim]``
+    for a grouped conv request).
 
     Raises:
         OptionError: a calibration batch lacks an input of the model or does not run.
@@ -126,12 +139,13 @@ def input_grams(model: Model, calibration: Sequence[Feeds], requests: Sequence[G
     grams: dict[str, np.ndarray] = {}
     for chunk in _chunks(requests):
         for request in chunk:
-            grams[request.key] = np.zeros((request.dim, request.dim))
+            shape = (request.dim, request.dim) if request.groups == 1 else (request.groups, request.dim, request.dim)
+            grams[request.key] = np.zeros(shape)
         names = [request.node.inputs[0].name for request in chunk]
         for arrays in intermediates(model, calibration, names):
             for request in chunk:
                 value = request.node.inputs[0]
                 array = arrays[value.name] if value.name in arrays else value.const_value.numpy()
                 rows = _rows(np.asarray(array, np.float64), request)
-                grams[request.key] += rows.T @ rows
+                grams[request.key] += np.swapaxes(rows, -1, -2) @ rows
     return grams
