@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 
 from compiler.context import CompileContext
+from compiler.layer_decisions import LayerDecision
 from compiler.errors import OptionError
 from compiler.ir import Model, Node, constant_array, ir
 from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.canonicalize._graph_utils import is_onnx_op, new_initializer, remove_unused_initializers, unique_name, used_names
 from compiler.layer_grams import MAX_GRAM_DIM, GramRequest, input_grams
 from passes.lowrank._graph import FLOAT_DTYPES, cast_like, int_attr, layer_label, new_value, static_dims
-from passes.lowrank.cost import LayerCost, ShapedOp, concrete
+from passes.lowrank.cost import LayerCost, ShapedOp, concrete, decision_for
 from passes.lowrank.decompose import MatrixSpectrum, Tucker2, svd_spectrum, tucker2
 from passes.lowrank.rank import Candidate, RankOptions, choose, svd_rank, tucker_ranks
 
@@ -93,11 +94,12 @@ def _to_pointwise(node: Node, ndim: int) -> None:
     node.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", [1] * ndim)
 
 
-def _rewrite(layer: _Layer, weights: list[np.ndarray], spatial_index: int, taken: set[str]) -> None:
+def _rewrite(layer: _Layer, weights: list[np.ndarray], spatial_index: int, taken: set[str]) -> list[str]:
     """Insert the factor convs before ``node``; ``node`` becomes the last 1x1 conv (keeps bias, output).
 
     ``weights`` are the factor kernels in order; ``weights[spatial_index]`` gets the original kernel
     size, strides, pads and dilations (so the output size is unchanged), the others are 1x1.
+    Returns the names of the nodes that now compute the layer, in order.
     """
     node = layer.node
     graph = node.graph
@@ -125,6 +127,7 @@ def _rewrite(layer: _Layer, weights: list[np.ndarray], spatial_index: int, taken
     node.replace_input_with(1, last)
     _to_pointwise(node, ndim)
     remove_unused_initializers([old_weight])
+    return [n.name for n in new_nodes] + [layer.label]
 
 
 @register_pass
@@ -186,12 +189,15 @@ class FactorizeConvPass(Pass):
         options = RankOptions(self.rank, self.energy, self.max_error, int(getattr(ctx.target, "channel_multiple", 1) or 1))
         notes: list[str] = []
         layers: list[_Layer] = []
+        decisions: list[LayerDecision] = []
         for index, node in enumerate(model.graph):
             if not is_onnx_op(node, "Conv"):
                 continue
             match = _match(node, index)
             if isinstance(match, str):
-                notes.append(f"Conv '{layer_label(node, index)}' left dense: {match}")
+                label = layer_label(node, index)
+                notes.append(f"Conv '{label}' left dense: {match}")
+                decisions.append(LayerDecision(label, "Conv", "ineligible", "", "", match, nodes=[label], nodes_after=[label]))
             else:
                 layers.append(match)
 
@@ -230,10 +236,17 @@ class FactorizeConvPass(Pass):
                         Candidate("tucker2", pair, cost(_tucker_ops(layer, r1, r2)), float(tucker.errors[r2, r1]), c * r1 + r1 * r2 * kk + m * r2)
                     )
             elif self.form == "tucker2":
-                notes.append(f"Conv '{layer.label}' left dense: Tucker-2 needs a spatial kernel, this one is 1x1")
+                reason = "Tucker-2 needs a spatial kernel, this one is 1x1"
+                notes.append(f"Conv '{layer.label}' left dense: {reason}")
+                decisions.append(LayerDecision(layer.label, "Conv", "ineligible", "", "", reason,
+                                               nodes=[layer.label], nodes_after=[layer.label]))
                 continue
             dense = cost(_dense_ops(layer))
             decision = choose(options, candidates, dense, dense_params, cost.estimates_time, cost.describe)
+            row = decision_for(layer.label, "Conv", "x".join(map(str, layer.weight.shape)), decision, dense, cost,
+                               "output" if gram is not None else "weight", full_rank=min(m, c * kk),
+                               alternatives=candidates)
+            decisions.append(row)
             if decision.chosen is None:
                 notes.append(f"Conv '{layer.label}' left dense: {decision.reason}")
                 continue
@@ -245,7 +258,7 @@ class FactorizeConvPass(Pass):
                 ones = (1,) * len(k)
                 weights = [b.reshape((chosen.ranks[0], c, *k)), a.reshape((m, chosen.ranks[0]) + ones)]
                 spatial_index = 0
-            _rewrite(layer, weights, spatial_index, taken)
+            row.nodes_after = _rewrite(layer, weights, spatial_index, taken)
             others = [f"{o.label}: {cost.describe(o.cost)}" for o in candidates if o is not chosen]
             alt = f"; other form {others[0]}" if others else ""
             what = "output" if gram is not None else "weight"
@@ -264,5 +277,6 @@ class FactorizeConvPass(Pass):
             "params_after": params_after,
             "ranks": ranks,
             "forms": forms,
+            "layers": [d.to_json() for d in decisions],
         }
         return PassResult(model, bool(ranks), stats, notes)

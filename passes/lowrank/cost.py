@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from compiler.ir import DataType, Node, ir
+from compiler.layer_decisions import LayerDecision
 from targets.cost_model import node_work
 
-__all__ = ["LayerCost", "ShapedOp", "concrete"]
+__all__ = ["LayerCost", "ShapedOp", "concrete", "decision_for"]
 
 
 def concrete(dims: Sequence[Any]) -> tuple[int, ...]:
@@ -79,3 +80,42 @@ class LayerCost:
         if self.cost_model is not None:
             return f"{dense * 1e3:.3g} -> {factorized * 1e3:.3g} ms estimated"
         return f"{dense / 1e6:.3g} -> {factorized / 1e6:.3g} MMACs"
+
+
+def decision_for(label: str, op: str, shape: str, decision: Any, dense: float, cost: LayerCost, error_of: str,
+                 full_rank: int, alternatives: Sequence[Any] = ()) -> LayerDecision:
+    """The report row of one layer the rank selection looked at (:class:`passes.lowrank.rank.Decision`).
+
+    ``dense`` and the chosen candidate's cost are seconds when ``cost`` estimates time (they go to
+    the ``estimated_ms`` columns), MACs otherwise (kept in ``details``). ``nodes_after`` is the
+    layer itself until the caller rewrites it.
+    """
+    chosen = decision.chosen
+    details: dict[str, Any] = {"shape": shape, "full_rank": full_rank}
+    if not cost.estimates_time:
+        details["macs_before"] = dense
+        if chosen is not None:
+            details["macs_after"] = chosen.cost
+    others = [o for o in alternatives if o is not chosen]
+    if others:
+        details["alternatives"] = [
+            {"form": o.form, "ranks": list(o.ranks), "estimate": cost.describe(o.cost), "error": o.error} for o in others
+        ]
+    row = LayerDecision(
+        layer=label,
+        op=op,
+        status="factorized" if chosen is not None else "dense",
+        before=f"{op} {shape}",
+        after=chosen.label if chosen is not None else f"{op} {shape}",
+        reason=decision.reason or None if chosen is None else None,
+        estimated_ms_before=dense * 1e3 if cost.estimates_time else None,
+        estimated_ms_after=(chosen.cost if chosen is not None else dense) * 1e3 if cost.estimates_time else None,
+        error=chosen.error if chosen is not None else None,
+        error_kind=f"relative {error_of} error" if chosen is not None else None,
+        nodes=[label],
+        nodes_after=[label],
+        details=details,
+    )
+    if chosen is not None:
+        row.details.update({"form": chosen.form, "ranks": list(chosen.ranks)})
+    return row

@@ -7,12 +7,13 @@ import dataclasses
 import numpy as np
 
 from compiler.context import CompileContext
+from compiler.layer_decisions import LayerDecision
 from compiler.ir import Model, Node, constant_array, ir
 from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.canonicalize._graph_utils import is_onnx_op, new_initializer, remove_unused_initializers, unique_name, used_names
 from compiler.layer_grams import MAX_GRAM_DIM, GramRequest, input_grams
 from passes.lowrank._graph import FLOAT_DTYPES, cast_like, float_attr, int_attr, layer_label, new_value, static_dims
-from passes.lowrank.cost import LayerCost, ShapedOp, concrete
+from passes.lowrank.cost import LayerCost, ShapedOp, concrete, decision_for
 from passes.lowrank.decompose import svd_spectrum
 from passes.lowrank.rank import Candidate, RankOptions, choose, svd_rank
 
@@ -84,11 +85,11 @@ def _ops(layer: _Layer, rank: int | None) -> list[ShapedOp]:
     return [first, second]
 
 
-def _rewrite(layer: _Layer, left: np.ndarray, right: np.ndarray, taken: set[str]) -> None:
+def _rewrite(layer: _Layer, left: np.ndarray, right: np.ndarray, taken: set[str]) -> list[str]:
     """Insert ``T = X U`` before the node and make the node compute ``T V (+ beta C)``.
 
     ``left [N, r]`` and ``right [r, K]`` factor the ``[out, in]`` matrix, so ``U = right^T`` and
-    ``V = left^T``.
+    ``V = left^T``. Returns the names of the nodes that now compute the layer, in order.
     """
     node = layer.node
     graph = node.graph
@@ -112,6 +113,7 @@ def _rewrite(layer: _Layer, left: np.ndarray, right: np.ndarray, taken: set[str]
     for name in ("alpha", "transA", "transB"):  # alpha and op(B) are folded into U and V
         node.attributes.pop(name, None)
     remove_unused_initializers([old_weight])
+    return [first.name, layer.label]
 
 
 @register_pass
@@ -174,12 +176,15 @@ class FactorizeGemmPass(Pass):
         options = RankOptions(self.rank, self.energy, self.max_error, int(getattr(target, "channel_multiple", 1) or 1))
         notes: list[str] = []
         layers: list[_Layer] = []
+        decisions: list[LayerDecision] = []
         for index, node in enumerate(model.graph):
             if not (is_onnx_op(node, "Gemm") or is_onnx_op(node, "MatMul")):
                 continue
             match = _match(node, index)
             if isinstance(match, str):
-                notes.append(f"{node.op_type} '{layer_label(node, index)}' left dense: {match}")
+                label = layer_label(node, index)
+                notes.append(f"{node.op_type} '{label}' left dense: {match}")
+                decisions.append(LayerDecision(label, node.op_type, "ineligible", "", "", match, nodes=[label], nodes_after=[label]))
             else:
                 layers.append(match)
 
@@ -205,13 +210,16 @@ class FactorizeGemmPass(Pass):
                 candidates.append(Candidate("svd", (rank,), cost(_ops(layer, rank)), float(spectrum.errors[rank]), rank * (n_out + k_in)))
             dense = cost(_ops(layer, None))
             decision = choose(options, candidates, dense, n_out * k_in, cost.estimates_time, cost.describe)
+            what = "output" if gram is not None else "weight"
+            row = decision_for(layer.label, layer.node.op_type, f"{k_in}x{n_out}", decision, dense, cost, what,
+                               full_rank=spectrum.full_rank)
+            decisions.append(row)
             if decision.chosen is None:
                 notes.append(f"'{layer.label}' left dense: {decision.reason}")
                 continue
             chosen = decision.chosen
             left, right = spectrum.factors(chosen.ranks[0])
-            _rewrite(layer, left, right, taken)
-            what = "output" if gram is not None else "weight"
+            row.nodes_after = _rewrite(layer, left, right, taken)
             how = " (data-aware)" if aware else ""
             notes.append(
                 f"{chosen.label}{how} for '{layer.label}' ({k_in}x{n_out}): {cost.describe_change(dense, chosen.cost)}, "
@@ -226,5 +234,6 @@ class FactorizeGemmPass(Pass):
             "params_before": params_before,
             "params_after": params_after,
             "ranks": ranks,
+            "layers": [d.to_json() for d in decisions],
         }
         return PassResult(model, bool(ranks), stats, notes)

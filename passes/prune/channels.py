@@ -14,14 +14,17 @@ import numpy as np
 
 from compiler.context import CompileContext
 from compiler.errors import OptionError
+from compiler.layer_decisions import LayerDecision
 from compiler.ir import Model, Value, copy_model, count_parameters
 from compiler.pass_base import CANONICAL_FACTS, Fact, Pass, PassResult, Tolerance, register_pass
 from passes.prune import importance as importance_mod
 from passes.prune import selection
 from passes.prune.dependency import ChannelGroup, analyze
-from passes.prune.latency import group_time_table
+from passes.prune.dependency import node_label as consumer_label  # the label Refit.node carries
+from passes.prune.latency import group_time_table, touching_nodes
 from passes.prune.reconstruct import reconstruct as refit_consumers
 from passes.prune.surgery import remove_channels
+from targets.cost_model import node_label
 
 __all__ = ["PruneChannelsPass", "PrunePlan"]
 
@@ -30,12 +33,14 @@ _MS = 1e3  # seconds -> milliseconds in notes
 
 @dataclasses.dataclass
 class PrunePlan:
-    """What the pass will remove. ``kept[i]`` are the kept unit indices of ``groups[i]``."""
+    """What the pass will remove. ``kept[i]`` are the kept unit indices of ``groups[i]``;
+    ``decisions[i]`` is the report row of ``groups[i]`` (every group, eligible or not)."""
 
     groups: list[ChannelGroup]
     kept: dict[int, np.ndarray]
     saved_seconds: dict[int, float]
     notes: list[str]
+    decisions: list[LayerDecision] = dataclasses.field(default_factory=list)
 
     @property
     def removed(self) -> dict[Value, np.ndarray]:
@@ -130,6 +135,7 @@ class PruneChannelsPass(Pass):
         multiple = int(getattr(ctx.target, "channel_multiple", 1) or 1)
         groups = analyze(model)
         notes = [f"group {g.name} ineligible: {g.reason}" for g in groups if not g.eligible]
+        decisions = [_decision(model, g) for g in groups]
         eligible = [i for i, g in enumerate(groups) if g.eligible]
         energy = None
         if self.importance == "activation" and eligible:
@@ -175,21 +181,30 @@ class PruneChannelsPass(Pass):
             group = groups[i]
             width = group.unit_width
             before, after = group.size * width, k * width
+            decision = decisions[i]
             if tables:
                 table = tables[position]
                 full = table[group.size]
                 saved[i] = full - table[k] if k in table else full - group_time_table(ctx.cost_model, model, group, [k])[k]
                 timing = f", -{saved[i] * _MS:.3g} ms estimated"
+                decision.estimated_ms_before = full * _MS
+                decision.estimated_ms_after = (full - saved[i]) * _MS
             else:
                 timing = ""
             if k < group.size:
                 kept[i] = selection.keep_best(scores[position], k)
                 notes.append(f"group {group.name}: {before} -> {after} channels{timing} (importance {self.importance})")
-            elif self.mode == "latency":
-                notes.append(f"group {group.name}: {before} channels kept (cuts elsewhere save more estimated time per importance)")
+                decision.status, decision.after = "pruned", f"{after} channels"
+                decision.details["channels_after"] = after
+                decision.details["importance"] = self.importance
             else:
-                notes.append(f"group {group.name}: {before} channels kept (rounding to multiples of {multiple} leaves nothing to cut)")
-        return PrunePlan(groups, kept, saved, notes)
+                decision.status = "kept"
+                if self.mode == "latency":
+                    decision.reason = "cuts elsewhere save more estimated time per importance"
+                else:
+                    decision.reason = f"rounding to multiples of {multiple} leaves nothing to cut"
+                notes.append(f"group {group.name}: {before} channels kept ({decision.reason})")
+        return PrunePlan(groups, kept, saved, notes, decisions)
 
     # -- the pass ------------------------------------------------------------------------------------
     def run(self, model: Model, ctx: CompileContext) -> PassResult:
@@ -204,6 +219,7 @@ class PruneChannelsPass(Pass):
         }
         removed = plan.removed
         if not removed:
+            stats["layers"] = [d.to_json() for d in plan.decisions]
             return PassResult(model, False, stats, notes)
         params_before = count_parameters(model)
         before_cost = ctx.cost_model.estimate(model) if ctx.cost_model is not None else None
@@ -224,6 +240,7 @@ class PruneChannelsPass(Pass):
                 axis_size = int(value.shape[plan.axes[value]]) + len(indices)  # shape already pruned
                 kept_outputs[value.name] = np.setdiff1d(np.arange(axis_size), indices)
             refits = refit_consumers(model, original, list(consumers.values()), kept_outputs, ctx.calibration, ctx.seed)
+            _attach_refit_errors(plan, refits)
             for r in refits:
                 if r.applied:
                     where = "held-out calibration batches" if r.held_out else "calibration data (in-sample: one batch)"
@@ -234,6 +251,7 @@ class PruneChannelsPass(Pass):
                 else:
                     notes.append(f"reconstruction of {r.node} not applied (unsupported layout or no improvement)")
             stats["reconstructed"] = sum(r.applied for r in refits)
+        stats["layers"] = [d.to_json() for d in plan.decisions]
         if before_cost is not None:
             after_cost = ctx.cost_model.estimate(model)
             stats["estimated_ms_before"] = before_cost.ms
@@ -244,3 +262,36 @@ class PruneChannelsPass(Pass):
             )
         return PassResult(model, True, stats, notes)
 
+
+
+def _decision(model: Model, group: ChannelGroup) -> LayerDecision:
+    """The report row of ``group`` before any choice: ``ineligible`` with its reason, else ``kept``
+    at full width (:meth:`PruneChannelsPass.plan` updates it). ``nodes`` are all nodes touching the
+    group's tensors -- the ones whose time the cut changes (``latency.touching_nodes``)."""
+    touching = [node_label(node, index) for index, node in touching_nodes(model, group)]
+    channels = group.size * group.unit_width
+    layers = list(dict.fromkeys(n.name for n in (*group.sources, *group.sinks) if n.name))
+    return LayerDecision(
+        layer=group.name,
+        op="channel group",
+        status="ineligible" if not group.eligible else "kept",
+        before=f"{channels} channels",
+        after=f"{channels} channels",
+        reason=group.reason if not group.eligible else "not chosen",
+        nodes=touching,
+        nodes_after=touching,  # pruning removes channels, never nodes: the labels stay
+        details={"channels_before": channels, "channels_after": channels, "layers": layers},
+    )
+
+
+def _attach_refit_errors(plan: PrunePlan, refits) -> None:
+    """Give every pruned group the worst relative output error of its re-fitted consumers (the
+    held-out error when there was held-out data), which is the error the report states."""
+    by_node = {r.node: r for r in refits if r.applied}
+    for i in plan.kept:
+        decision = plan.decisions[i]
+        fits = [by_node[label] for label in map(consumer_label, plan.groups[i].sinks) if label in by_node]
+        if fits:
+            decision.error = max(r.error_after for r in fits)
+            held_out = all(r.held_out for r in fits)
+            decision.error_kind = f"relative output error of its consumers after reconstruction ({'held-out' if held_out else 'in-sample'})"

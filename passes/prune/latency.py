@@ -25,7 +25,7 @@ from compiler.ir import Model, Node, Value, is_constant
 from passes.prune.dependency import ChannelGroup, int_attr
 from targets.cost_model import node_work
 
-__all__ = ["group_time_table"]
+__all__ = ["group_time_table", "touching_nodes"]
 
 
 def _nbytes(value: Value) -> int:
@@ -68,14 +68,21 @@ def scaled_seconds(cost_model, node: Node, index: int, fraction: Callable[[Value
     return cost_model.time_node(scaled).seconds
 
 
-def group_time_table(cost_model, model: Model, group: ChannelGroup, counts: Iterable[int]) -> dict[int, float]:
-    """Estimated seconds of the nodes touching ``group`` for each kept unit count in ``counts``."""
+def touching_nodes(model: Model, group: ChannelGroup) -> list[tuple[int, Node]]:
+    """``(graph index, node)`` of every node that reads or writes a member of ``group``: the nodes
+    whose time depends on the group's kept channels."""
     members = {id(m.value) for m in group.members}
-    nodes = [
+    return [
         (index, node)
         for index, node in enumerate(model.graph)
         if any(v is not None and id(v) in members for v in (*node.inputs, *node.outputs))
     ]
+
+
+def group_time_table(cost_model, model: Model, group: ChannelGroup, counts: Iterable[int]) -> dict[int, float]:
+    """Estimated seconds of the nodes touching ``group`` for each kept unit count in ``counts``."""
+    members = {id(m.value) for m in group.members}
+    nodes = touching_nodes(model, group)
     table: dict[int, float] = {}
     for k in counts:
         share = k / group.size
