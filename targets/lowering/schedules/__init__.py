@@ -55,8 +55,8 @@ def default_rules() -> list[ScheduleRule]:
 
     # The int8 rules come first: they claim only u8 x i8 -> i32 functions (the VNNI ones on VNNI
     # targets only, the AVX2 ones on x86 targets with AVX2 but no VNNI, DepthwiseInt8 on any LLVM
-    # CPU) and decline everything else, which then reaches
-    # the dtype-agnostic rules below unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
+    # CPU) and decline everything else, which then reaches the dtype-agnostic rules below
+    # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
         Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2(), MatmulInt8AVX2(),

@@ -55,9 +55,11 @@ zero-extended to int16 with ``vpmovzxbw``), the weight pack [F/8, C/2, KH, KW, 8
 memory (16 bytes) and is sign-extended in the kernel (``vpmovsxbw``, hoisted by LLVM across the xt
 columns), and ``vpmaddwd`` + ``vpaddd`` accumulate exactly in int32 (16 multiply-adds per
 instruction pair vs 8 for an fp32 FMA). At most ``AVX2_MAX_ACCUMULATORS`` = 8 int32x8
-accumulators (16 ymm registers; on Zen 3, 1 thread: 2x4 0.92x of ORT fp32 on the 64->64 3x3 @56
-and 1.3x on the 7x7 stem, 2x7 ~3% faster on the 3x3 but 2x slower on the stem, 1x8 1.1-2x
-slower). Needs C % 2 == 0 and F % 8 == 0; anything else (C = 3 without the ConvInteger channel
+accumulators (16 ymm registers). Measured on Zen 3, 1 thread, ms for the 64->64 3x3 @56 / the
+7x7 s2 stem @224 (C = 4): nb x xt = 2x4 (chosen) 2.39 / 3.51, 4x2 2.33 / 3.71, 2x7 (14
+accumulators) 2.35 / 4.13, 1x8 2.62 / 5.73; ONNX Runtime fp32 2.6 / 3.0. Broadcasting the two
+activation bytes as a word (vpbroadcastw + vpmovzxbw) instead of zero-extending them to an int32
+first (movzwl, vmovd, vpmovzxbw, vpbroadcastd) took the stem from 4.8 to 3.5 ms. Needs C % 2 == 0 and F % 8 == 0; anything else (C = 3 without the ConvInteger channel
 pad, F = 12, int8 activations) falls through to ``Conv2dDirect``.
 """
 
