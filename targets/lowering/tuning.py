@@ -310,12 +310,12 @@ def apply_records(
     """
     ms_worker.fast_tensor_intrin(arm=_is_arm(resolved))  # traces may tensorize (dot_16x4_vnni...)
     before = _scheduled_names(mod)
-    # Seeded records of int8 kernels replay our own VNNI intrinsic: it must be registered in this
-    # process before the database is applied (the rules register it lazily, possibly not yet).
-    from targets.lowering.schedules.common import has_avx512_vnni, register_vnni_intrinsic
+    # Seeded records of int8 kernels replay our own dot-product intrinsic (VNNI, or AVX2 vpmaddwd):
+    # it must be registered in this process before the database is applied (the rules register it
+    # lazily, possibly not yet).
+    from targets.lowering.schedules.common import register_int8_intrinsics
 
-    if has_avx512_vnni(resolved):
-        register_vnni_intrinsic()
+    register_int8_intrinsics(resolved)
     with lowering_step("apply tuning records", str(records_path)):
         with resolved:
             mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)

@@ -37,6 +37,20 @@ def _host_has_vnni() -> bool:
 
 
 HOST_VNNI = _host_has_vnni()
+
+
+def _host_has_avx2() -> bool:
+    try:
+        return "avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# The rules an AVX2 host without VNNI uses for u8 x i8 conv / matmul (the *Int8AVX2 rules, tested in
+# test_schedules_int8_avx2.py); the generic ones on other hosts.
+HOST_AVX2 = not HOST_VNNI and _host_has_avx2()
+NO_VNNI_CONV = "conv2d-int8-avx2" if HOST_AVX2 else "conv2d-direct"
+NO_VNNI_MATMUL = "matmul-int8-avx2" if HOST_AVX2 else "matmul"
 needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="host CPU has no AVX-512 VNNI (/proc/cpuinfo)")
 
 
@@ -175,7 +189,7 @@ def test_conv2d_u8i8_bit_exact(c, h, f, k, stride, pad, requant):
         assert rule == conv2d_int8.Conv2dInt8VNNI.name
         assert "vpdpbusd" in asm
     else:
-        assert rule == "conv2d-direct"
+        assert rule == NO_VNNI_CONV
 
 
 @pytest.mark.parametrize(
@@ -193,7 +207,7 @@ def test_dense_u8i8_bit_exact(m, k, n, transposed, requant):
         assert rule == matmul_int8.MatmulInt8VNNI.name
         assert "vpdpbusd" in asm
     else:
-        assert rule == "matmul"
+        assert rule == NO_VNNI_MATMUL
 
 
 def test_dense_runtime_weight_is_packed_per_call():
@@ -217,7 +231,7 @@ def test_dense_runtime_weight_is_packed_per_call():
     vm = relax.VirtualMachine(ex, tvm.cpu())
     y = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(w)).numpy()
     assert np.array_equal(y, a.astype(np.int64) @ w.T.astype(np.int64))
-    assert only_rule(report) == (matmul_int8.MatmulInt8VNNI.name if HOST_VNNI else "matmul")
+    assert only_rule(report) == (matmul_int8.MatmulInt8VNNI.name if HOST_VNNI else NO_VNNI_MATMUL)
 
 
 def test_requant_epilogue_is_fused():
@@ -273,14 +287,14 @@ def _host_has_avx512() -> bool:
 
 @pytest.mark.skipif(not _host_has_avx512(), reason="host cannot run skylake-avx512 code")
 def test_no_vnni_target_declines_and_stays_exact():
-    """A target without AVX-512 VNNI (skylake-avx512): the VNNI rules decline, the generic rules
-    compile the int8 conv, no vpdpbusd is emitted, and the result is still bit-exact."""
+    """A target without AVX-512 VNNI (skylake-avx512): the VNNI rules decline, the AVX2 int8 rule
+    compiles the int8 conv, no vpdpbusd is emitted, and the result is still bit-exact."""
     target = host_target("skylake-avx512")
     assert not common.has_avx512_vnni(target)
     mod, x, ref = conv_case(16, 8, 32, 3, 1, 1, requant=True)
     y, report, asm = compile_and_run(mod, x, target=target)
     assert np.array_equal(y, ref)
-    assert only_rule(report) == "conv2d-direct"
+    assert only_rule(report) == "conv2d-int8-avx2"
     assert "vpdpbusd" not in asm
 
 

@@ -6,6 +6,8 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
 
     conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
+    conv2d_int8.Conv2dInt8AVX2   conv2d_nchw uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
+    matmul_int8.MatmulInt8AVX2   matmul / dense uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
     depthwise_int8.DepthwiseInt8 depthwise conv2d_nchw uint8 x int8 -> int32 (MobileNet)
     conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
     depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
@@ -41,22 +43,24 @@ class ScheduleReport:
 def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from targets.lowering.schedules.conv2d import Conv2dDirect
-    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8VNNI
+    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
     from targets.lowering.schedules.depthwise_int8 import DepthwiseInt8
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
-    from targets.lowering.schedules.matmul_int8 import MatmulInt8VNNI
+    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2, MatmulInt8VNNI
     from targets.lowering.schedules.pool import MaxPool
     from targets.lowering.schedules.pool_int8 import MaxPoolInt8
     from targets.lowering.schedules.reduction import RowReduction
 
     # The int8 rules come first: they claim only u8 x i8 -> i32 functions (the VNNI ones on VNNI
-    # targets only, DepthwiseInt8 on any LLVM CPU) and decline everything else, which then reaches
-    # the dtype-agnostic rules below unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
+    # targets only, the AVX2 ones on x86 targets with AVX2 but no VNNI, DepthwiseInt8 on any LLVM
+    # CPU) and decline everything else, which then reaches the dtype-agnostic rules below
+    # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
-        Conv2dInt8VNNI(), MatmulInt8VNNI(), DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
+        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2(), MatmulInt8AVX2(),
+        DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]
 

@@ -280,9 +280,6 @@ VNNI_DOT_INTRIN = "edgekiln_dot_16x4_u8i8i32_vnni"
 VNNI_LANES = 16  # int32 accumulators per zmm register (output channels / columns per intrinsic)
 VNNI_DEPTH = 4  # uint8 x int8 products summed into each lane (reduction elements per intrinsic)
 
-_vnni_registered = False
-
-
 def has_avx512_vnni(target: Target) -> bool:
     """True if ``target`` is an x86 LLVM target whose CPU has AVX-512 VNNI (``vpdpbusd zmm``).
 
@@ -299,43 +296,71 @@ def has_avx512_vnni(target: Target) -> bool:
         return False
 
 
-def register_vnni_intrinsic() -> str:
-    """Register :data:`VNNI_DOT_INTRIN` once per process (lazily: only when a rule is about to
-    tensorize for a VNNI target) and return its name.
-
-    Only this one intrinsic is built; ``tvm.s_tir.tensor_intrin`` (all backends, ~30 s to import on
-    this machine, research note B3) is not imported at all.
-    """
-    global _vnni_registered
-    if _vnni_registered:
-        return VNNI_DOT_INTRIN
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
+def has_avx2_int8(target: Target) -> bool:
+    """True if ``target`` is an x86 LLVM target with AVX2 but without AVX-512 VNNI: the targets the
+    ``vpmaddwd`` int8 rules take (``znver3``, ``haswell``, ``skylake``...; ``skylake-avx512`` too,
+    which has AVX2 but no VNNI). VNNI targets are left to the VNNI rules."""
+    if target.kind.name != "llvm" or has_avx512_vnni(target):
+        return False
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    if mtriple and not mtriple.startswith(("x86_64", "i686", "i386")):
+        return False
     try:
-        TensorIntrin.get(VNNI_DOT_INTRIN)
-        _vnni_registered = True  # registered by an earlier import of this module (reload)
-        return VNNI_DOT_INTRIN
-    except Exception:  # noqa: BLE001 - not registered yet
-        pass
-    # LLVM >= 22: vpdpbusd(<16 x i32> acc, <64 x i8> u8, <64 x i8> s8); older: all <16 x i32>.
-    byte_operands = codegen.llvm_version_major() >= 22
-    a_type, b_type = ("uint8x64", "int8x64") if byte_operands else ("int32x16", "int32x16")
+        return bool(codegen.target_has_features("avx2", target))
+    except Exception:  # noqa: BLE001 - an LLVM that does not know the feature: no AVX2
+        return False
+
+
+def _dot_desc(lanes: int, depth: int):
+    """The common description of our int8 dot-product intrinsics: C[lanes] (int32, local) +=
+    sum_k A[k] (uint8) * B[lanes, k] (int8), k < depth."""
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+        A: T.Buffer((depth,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, depth), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+_registered: set[str] = set()
+
+
+def _register_once(name: str, make_impl, lanes: int, depth: int) -> str:
+    """Register intrinsic ``name`` (description :func:`_dot_desc`, implementation ``make_impl()``)
+    once per process, lazily; return its name.
+
+    Only our intrinsics are built; ``tvm.s_tir.tensor_intrin`` (all backends, ~30 s to import on
+    this machine, research note B3) is not imported at all."""
+    if name in _registered:
+        return name
+    from tvm.s_tir import TensorIntrin
+
+    try:
+        TensorIntrin.get(name)  # registered by an earlier import of this module (reload)
+    except Exception:  # noqa: BLE001 - not registered yet
+        TensorIntrin.register(name, _dot_desc(lanes, depth), make_impl())
+    _registered.add(name)
+    return name
+
+
+def _vnni_impl():
+    from tvm.script import tirx as T
+
+    # LLVM >= 22: vpdpbusd(<16 x i32> acc, <64 x i8> u8, <64 x i8> s8); older: all <16 x i32>.
+    byte_operands = codegen.llvm_version_major() >= 22
+    a_type, b_type = ("uint8x64", "int8x64") if byte_operands else ("int32x16", "int32x16")
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -356,9 +381,96 @@ def register_vnni_intrinsic() -> str:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register(VNNI_DOT_INTRIN, desc, impl)
-    _vnni_registered = True
-    return VNNI_DOT_INTRIN
+    return impl
+
+
+def register_vnni_intrinsic() -> str:
+    """Register :data:`VNNI_DOT_INTRIN` once per process (lazily: only when a rule is about to
+    tensorize for a VNNI target) and return its name."""
+    return _register_once(VNNI_DOT_INTRIN, _vnni_impl, VNNI_LANES, VNNI_DEPTH)
+
+
+# --- int8 dot products on AVX2 (vpmaddwd), used by the *Int8AVX2 rules --------------------------
+
+# Our 8x2 u8 x s8 -> s32 dot-product intrinsic: C[8] += sum_k A[k] (uint8) * B[8, k] (int8), k < 2.
+# The two activation bytes are zero-extended to int16 and broadcast as one 32-bit word, the 16
+# weight bytes sign-extended to <16 x i16> (vpmovsxbw), and ``vpmaddwd`` sums each pair of int16
+# products into an int32 lane, exactly (|255 * 127 * 2| < 2^31), then ``vpaddd`` accumulates.
+# ``vpmaddubsw`` (u8 x s8 -> saturating int16 pair sums, 2 * 255 * 127 > 32767) is not bit-exact
+# and deliberately not used. ``llvm.x86.avx2.pmadd.wd`` has had the signature
+# <8 x i32>(<16 x i16>, <16 x i16>) in every LLVM version TVM supports, so unlike vpdpbusd it
+# needs no version switch.
+AVX2_DOT_INTRIN = "edgekiln_dot_8x2_u8i8i32_avx2"
+AVX2_LANES = 8  # int32 accumulators per ymm register
+AVX2_DEPTH = 2  # uint8 x int8 products summed into each lane
+
+
+def _avx2_impl():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), "uint8", offset_factor=1),
+        B: T.Buffer((8, 2), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            # the 2 activation bytes as one 16-bit word broadcast to 8 words, then zero-extended
+            # byte by byte to int16 (vpbroadcastw + vpmovzxbw: [a0, a1] in every int32 lane)
+            a2 = T.broadcast(T.reinterpret(A.vload([0], "uint8x2"), dtype="uint16"), 8)
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.cast(T.reinterpret(a2, dtype="uint8x16"), "int16x16"),
+                T.cast(B.vload([0, 0], dtype="int8x16"), "int16x16"),
+                dtype="int32x8",
+            )
+
+    return impl
+
+
+def register_avx2_intrinsic() -> str:
+    """Register :data:`AVX2_DOT_INTRIN` once per process (lazily) and return its name."""
+    return _register_once(AVX2_DOT_INTRIN, _avx2_impl, AVX2_LANES, AVX2_DEPTH)
+
+
+class VNNIDot:
+    """Mixin of the int8 rules for AVX-512 VNNI targets: the 16x4 vpdpbusd dot product."""
+
+    lanes, depth = VNNI_LANES, VNNI_DEPTH
+    # int32x16 accumulators per register tile (32 zmm registers; see conv2d_int8.MAX_ACCUMULATORS)
+    max_accumulators = 16
+
+    def accepts(self, target: Target) -> bool:
+        return has_avx512_vnni(target)
+
+    def register_intrinsic(self) -> str:
+        return register_vnni_intrinsic()
+
+
+class AVX2Dot(VNNIDot):
+    """Mixin of the int8 rules for AVX2 targets without VNNI: the 8x2 vpmaddwd dot product."""
+
+    lanes, depth = AVX2_LANES, AVX2_DEPTH
+    # int32x8 accumulators per tile: 16 ymm registers, less nb sign-extended weight vectors and
+    # the broadcasts (see conv2d_int8's docstring for the measured tiles)
+    max_accumulators = 8
+
+    def accepts(self, target: Target) -> bool:
+        return has_avx2_int8(target)
+
+    def register_intrinsic(self) -> str:
+        return register_avx2_intrinsic()
+
+
+def register_int8_intrinsics(target: Target) -> None:
+    """Register the int8 dot-product intrinsic the int8 rules use on ``target`` (if any), e.g.
+    before replaying tuning records whose traces tensorize with it."""
+    if has_avx512_vnni(target):
+        register_vnni_intrinsic()
+    elif has_avx2_int8(target):
+        register_avx2_intrinsic()
 
 
 def int8_dot_loads(block) -> tuple | None:

@@ -1,4 +1,6 @@
-"""Dense / matmul / batch matmul uint8 x int8 -> int32 with AVX-512 VNNI (``vpdpbusd``).
+"""Dense / matmul / batch matmul uint8 x int8 -> int32 with AVX-512 VNNI (``vpdpbusd``), or with
+AVX2 ``vpmaddwd`` on x86 CPUs without VNNI (``MatmulInt8AVX2``: 8 columns x 2 k per dot product,
+B packed [.., N/8, K/2, 8, 2] int8, N % 8 == 0 and K % 2 == 0; see conv2d_int8's docstring).
 
 Claims the matmul blocks of ``matmul.Matmul`` (``C[b.., i, j] += int32(A[b.., i, k]) *
 int32(B[b.., k, j])``, B also stored transposed ``[.., j, k]``) whose A is uint8, B int8 and C int32,
@@ -24,32 +26,32 @@ is re-laid-out, once, at compile time. At most 16 accumulators per tile (see con
 broadcasts reused nb times stay live in registers and larger tiles spill).
 
 Limitations (declined, left to ``matmul.Matmul``): int8 (signed) A (vpdpbusd is unsigned x
-signed; the integer-only form uses uint8 activations), non-VNNI targets (``vpmaddubsw`` saturates,
-not bit-exact), and MatMulInteger as TVM's ONNX importer converts it: it widens both operands to
-int32 before the matmul (``astype`` + zero-point ``subtract``), so the matmul is int32 x int32 and
-not a byte dot product; the integer converters (targets/lowering/integer_ops.py) need to emit
-``matmul(a_u8, b_i8, out_dtype="int32")`` with the zero point moved out, as they do for ConvInteger.
+signed; the integer-only form uses uint8 activations), non-VNNI targets without AVX2 (``vpmaddubsw``
+saturates, not bit-exact; AVX2 targets get ``MatmulInt8AVX2``), and MatMulInteger as TVM's ONNX
+importer converts it: it widens both operands to int32 before the matmul (``astype`` + zero-point
+``subtract``), so the matmul is int32 x int32 and not a byte dot product; the integer converters
+(targets/lowering/integer_ops.py) need to emit ``matmul(a_u8, b_i8, out_dtype="int32")`` with the
+zero point moved out, as they do for ConvInteger.
 """
 
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.target import Target
 
 from targets.lowering.schedules import common
 from targets.lowering.schedules.conv2d_int8 import MAX_ACCUMULATORS
 from targets.lowering.schedules.matmul import _ANCHOR_NAMES
 
 
-def choose_tile(rows: int, col_blocks: int) -> tuple[int, int]:
-    """(mt, nb): rows x 16-column blocks per register tile, exact divisors of ``rows`` and
-    ``col_blocks`` (N/16), maximizing ``mt * nb <= MAX_ACCUMULATORS``; ties prefer nb == 4 (then 2),
-    i.e. more columns per broadcast A word."""
+def choose_tile(rows: int, col_blocks: int, max_accumulators: int = MAX_ACCUMULATORS) -> tuple[int, int]:
+    """(mt, nb): rows x column vectors (16 columns with VNNI, 8 with AVX2) per register tile, exact
+    divisors of ``rows`` and ``col_blocks`` (N/lanes), maximizing ``mt * nb <= max_accumulators``;
+    ties prefer nb == 4 (then 2), i.e. more columns per broadcast A word."""
     best = None
     for nb in (4, 2, 8, 1, 3, 16):
-        if col_blocks % nb or nb > MAX_ACCUMULATORS:
+        if col_blocks % nb or nb > max_accumulators:
             continue
-        mt = common.largest_divisor(rows, MAX_ACCUMULATORS // nb)
+        mt = common.largest_divisor(rows, max_accumulators // nb)
         if best is None or mt * nb > best[0] * best[1]:
             best = (mt, nb)
     return best if best is not None else (1, 1)
@@ -87,9 +89,8 @@ def _operands(block: tirx.SBlock):
     return idx["a"], idx["b"], b_t
 
 
-def _pack_map(nbatch: int, transposed: bool):
-    """[b.., K, N] (or [b.., N, K]) -> [b.., N/16, K/4, 16, 4]."""
-    lanes, depth = common.VNNI_LANES, common.VNNI_DEPTH
+def _pack_map(nbatch: int, transposed: bool, lanes: int, depth: int):
+    """[b.., K, N] (or [b.., N, K]) -> [b.., N/lanes, K/depth, lanes, depth]."""
 
     def index_map(*idx):
         *b, p, q = idx
@@ -99,13 +100,10 @@ def _pack_map(nbatch: int, transposed: bool):
     return tirx.IndexMap.from_func(index_map, ndim=nbatch + 2)
 
 
-class MatmulInt8VNNI(common.MatchingRule):
+class MatmulInt8VNNI(common.VNNIDot, common.MatchingRule):
     """u8 x i8 -> i32 matmul tensorized with vpdpbusd (see module docstring)."""
 
     name = "matmul-int8-vnni"
-
-    def accepts(self, target: Target) -> bool:
-        return common.has_avx512_vnni(target)
 
     def _match_and_schedule(self, func, target):
         sch = s_tir.Schedule(func)
@@ -121,8 +119,8 @@ class MatmulInt8VNNI(common.MatchingRule):
         return self._schedule(sch, func, anchor, *ops)
 
     def _schedule(self, sch, func, mm, a_idx, b_idx, b_transposed):
-        intrin = common.register_vnni_intrinsic()
-        lanes, depth = common.VNNI_LANES, common.VNNI_DEPTH
+        intrin = self.register_intrinsic()
+        lanes, depth = self.lanes, self.depth
         ext = common.extents(sch, sch.get_loops(mm))
         if ext is None:
             return None
@@ -131,9 +129,11 @@ class MatmulInt8VNNI(common.MatchingRule):
         if ext[-2] % lanes or ext[-1] % depth:
             return None
         M, N, K = ext[-3], ext[-2], ext[-1]
-        mt, nb = choose_tile(M, N // lanes)
+        mt, nb = choose_tile(M, N // lanes, self.max_accumulators)
 
-        common.pack_operand(sch, func, mm, b_idx, _pack_map(nbatch, b_transposed))
+        # B may have fewer batch dims than the matmul (a constant [K, N] weight of a [b, M, K] x).
+        b_batch = len(sch.get(mm).reads[b_idx].source.shape) - 2
+        common.pack_operand(sch, func, mm, b_idx, _pack_map(b_batch, b_transposed, lanes, depth))
 
         loops = sch.get_loops(mm)
         batch, i, j, k = loops[:-3], loops[-3], loops[-2], loops[-1]
@@ -167,3 +167,11 @@ class MatmulInt8VNNI(common.MatchingRule):
         sch.unroll(wjo)
         sch.vectorize(wji)
         return sch
+
+
+class MatmulInt8AVX2(common.AVX2Dot, MatmulInt8VNNI):
+    """u8 x i8 -> i32 matmul on AVX2 without VNNI: the same micro-kernel with the 8x2 ``vpmaddwd``
+    dot product (common.AVX2_DOT_INTRIN); B packed [.., N/8, K/2, 8, 2] int8, sign-extended in the
+    kernel. Needs N % 8 == 0 and K % 2 == 0 (else ``matmul.Matmul``)."""
+
+    name = "matmul-int8-avx2"
