@@ -16,6 +16,11 @@ proxy against the baseline artifact: top-1 agreement and cosine similarity of th
 seeded random inputs. The digits example also gets its real top-1 on the eval split (from the
 report). Zoo models are calibrated with seeded random inputs (there is no real data for them).
 
+Per layer (unless ``--no-profile``): every compressed variant is compiled with ``profile_layers``,
+so each entry carries the passes' per-layer rows -- kept channels / ranks, estimated ms before and
+after, TVM-measured ms before and after (per-kernel medians), error, and why a layer was left alone
+-- and the profiled whole-model times (``profile``).
+
 Results go to ``benchmarks/results/compression-<UTC time>.json``. A variant that fails to compile
 or run is recorded with ``"status": "failed"`` and the error, never dropped.
 """
@@ -114,7 +119,16 @@ def _compression_summary(report: dict) -> dict:
     return out
 
 
-def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int) -> dict:
+def _layer_rows(report: dict) -> list[dict]:
+    """The report's per-layer compression rows, without the node lists (kept short)."""
+    from compiler.layer_profile import compression_rows
+
+    keys = ("layer", "op", "status", "before", "after", "estimated_ms_before", "estimated_ms_after",
+            "measured_ms_before", "measured_ms_after", "error", "reason")
+    return [{"pass": name, **{k: row.get(k) for k in keys}} for name, row in compression_rows(report.get("passes", []))]
+
+
+def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int, profile: bool = True) -> dict:
     from compiler.api import compile_model, load_artifact
 
     prune, lowrank = VARIANTS[variant]
@@ -133,6 +147,7 @@ def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int
             measure=False,
             force=True,
             progress=False,
+            profile_layers=profile and variant != "baseline",
         )
     except Exception as exc:  # noqa: BLE001 - a benchmark records failures, it does not stop
         entry.update(status="failed", stage="compile", error=f"{type(exc).__name__}: {exc}", compile_s=time.perf_counter() - start)
@@ -148,6 +163,9 @@ def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int
         "after": (summary.get("after") or {}).get("parameters"),
     }
     entry["passes"] = _compression_summary(report)
+    entry["layers"] = _layer_rows(report)
+    if summary.get("compression_profile"):
+        entry["profile"] = summary["compression_profile"]
     accuracy = summary.get("accuracy")
     if accuracy:
         entry["eval_top1"] = {
@@ -166,14 +184,14 @@ def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int
     return entry
 
 
-def bench_model(name: str, runs: int, variants=tuple(VARIANTS)) -> dict:
+def bench_model(name: str, runs: int, variants=tuple(VARIANTS), profile: bool = True) -> dict:
     setup = model_setup(name)
     record: dict = {"model": name, "path": str(setup["path"]), "variants": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"edgekiln-compress-{name}-") as tmp:
         for variant in ("baseline", *[v for v in variants if v != "baseline"]):
             print(f"  {name} {variant} ...", file=sys.stderr, flush=True)
-            record["variants"][variant] = bench_variant(name, variant, setup, Path(tmp), runs)
+            record["variants"][variant] = bench_variant(name, variant, setup, Path(tmp), runs, profile)
     base = record["variants"]["baseline"]
     for variant, entry in record["variants"].items():
         if entry.get("status") != "ok" or base.get("status") != "ok":
@@ -220,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="timed runs per variant after warm-up (default 10)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no result file")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-layer before/after kernel timing (two extra builds per compressed variant)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     results = []
     for name in args.models:
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-        results.append(bench_model(name, args.runs, tuple(args.variants)))
+        results.append(bench_model(name, args.runs, tuple(args.variants), not args.no_profile))
     record = {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe(),

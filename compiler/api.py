@@ -38,6 +38,8 @@ __all__ = ["compile_model", "estimate_model", "load_artifact", "CompileResult", 
 DEFAULT_VERIFY_MAX_PARAMS = 30_000_000
 #: At most this many calibration batches are used as verification feeds.
 VERIFY_FEEDS = 2
+#: Timed runs per kernel for ``profile_layers`` (medians; see compiler/layer_profile.py).
+PROFILE_REPEATS = 10
 
 
 @dataclasses.dataclass
@@ -246,6 +248,7 @@ def compile_model(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     rpc_timeout: float | None = None,
+    profile_layers: bool = False,
 ) -> CompileResult:
     """Compile an ONNX model for ``target`` into the output directory ``output``.
 
@@ -291,6 +294,10 @@ def compile_model(
             registered there: after building, the library runs on the board, is checked against
             ONNX Runtime and timed there (``run.artifact_rpc`` in the report). ``rpc_timeout``:
             seconds to wait for a free server (default 60).
+        profile_layers: with pruning / low-rank passes, lower the fp32 model before the first and
+            after the last of them and time every kernel (here, or on the board when
+            ``rpc_tracker`` is given), to fill the measured column of the report's per-layer
+            compression table (:mod:`compiler.layer_profile`). Costs two extra builds.
 
     Returns:
         CompileResult with the output directory and the report dict.
@@ -317,7 +324,7 @@ def compile_model(
 
         remote = device_for_compile(target_obj, rpc_tracker, rpc_key, rpc_timeout, lower)  # fails before any work
 
-    bar = Progress(total=6, enabled=progress)
+    bar = Progress(total=7 if profile_layers else 6, enabled=progress)
     bar.stage("load")
     ir_model, shapes = load_and_prepare(model_path, input_shapes)
     original = copy_model(ir_model)
@@ -360,10 +367,14 @@ def compile_model(
     checker = _StageChecker(verify_feeds, reference, lambda: list(ran)) if do_verify else None
     summaries = [summary_before]
 
+    snapshots = _CompressionSnapshots(pipeline, ir_model) if profile_layers else None
+
     def after_pass(p: Pass, record: PassRecord, current: Model):
         check = checker(p, record, current) if checker else None
         ran.append(p.name)
         summaries.append(model_summary(current, cost_model) if record.modified else summaries[-1])
+        if snapshots is not None:
+            snapshots.after(len(ran) - 1, current)
         return check
 
     ir_model, records = pipeline.run(ir_model, ctx, initial_facts=FRONTEND_FACTS, after_pass=after_pass, progress=bar.detail)
@@ -434,6 +445,11 @@ def compile_model(
                 if measure:
                     timings["artifact_rpc"] = device_lib.time(verify_feeds[0])
 
+        compression_profile = None
+        if snapshots is not None:
+            bar.stage("profile")
+            compression_profile = snapshots.profile(target_obj, records, remote, lower)
+
         # -- accuracy ------------------------------------------------------------------------------
         bar.stage("accuracy")
         accuracy = _accuracy(eval_path, shapes, original, ir_model, lib or device_lib,
@@ -464,6 +480,7 @@ def compile_model(
             "accuracy": accuracy,
             "quantization": quantization,
             "unscheduled_functions": lowering["unscheduled"] if lowering else None,
+            **({"compression_profile": compression_profile} if compression_profile is not None else {}),
         }
         pass_dicts = []
         for index, record in enumerate(records):
@@ -610,6 +627,41 @@ def _accuracy(eval_path: Path | None, shapes, original: Model, optimized: Model,
     if lib is not None:
         result[lib_label] = evaluate_classification(lib.run, arrays, labels, batch, names)
     return result
+
+
+class _CompressionSnapshots:
+    """Copies of the model before the first and after the last compression pass of ``pipeline``
+    (for ``profile_layers``); :meth:`profile` times both and fills the rows' measured columns."""
+
+    def __init__(self, pipeline: Pipeline, model: Model):
+        from compiler.layer_profile import COMPRESSION_PASSES
+
+        positions = [i for i, p in enumerate(pipeline) if p.name in COMPRESSION_PASSES]
+        self.first, self.last = (positions[0], positions[-1]) if positions else (None, None)
+        self.before = copy_model(model) if self.first == 0 else None
+        self.after_model: Model | None = None
+
+    def after(self, index: int, model: Model) -> None:
+        if self.first is not None and index == self.first - 1:
+            self.before = copy_model(model)
+        if index == self.last:
+            self.after_model = copy_model(model)
+
+    def profile(self, target, records: Sequence[PassRecord], remote, lower: bool) -> dict[str, Any]:
+        from compiler.layer_profile import attach_measured, profile_model, profile_summary
+
+        if self.before is None or self.after_model is None:
+            return {"skipped": "no pruning or low-rank pass in the pipeline"}
+        if not lower:
+            return {"skipped": "--no-lower: nothing is built, so nothing is timed"}
+        if not target.runs_locally and remote is None:
+            return {"skipped": f"target '{target.name}' does not run here; give --rpc-tracker/--rpc-key to time it on the board"}
+        repeats = PROFILE_REPEATS
+        before = profile_model(self.before, target, repeats, rpc=remote)
+        after = profile_model(self.after_model, target, repeats, rpc=remote)
+        filled = attach_measured([(r.name, r.stats) for r in records], before, after)
+        where = remote.describe() if remote is not None else "this machine"
+        return profile_summary(before, after, repeats, where, filled)
 
 
 def _build_pipeline(target, passes, quantize, output_format, observer, prune, lowrank, budgets=None, max_drop=None,

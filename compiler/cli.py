@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--weight-rounding", dest="rounding", choices=["nearest", "gptq"], help="weight rounding: nearest (default) or gptq (per-layer codes that minimise the layer's output error on the calibration data; recommended for int4)")
     compress = parser.add_argument_group("pruning and low-rank (decided with the target's cost model)")
     compress.add_argument("--prune", metavar="RATIO", type=float, help="remove channels until RATIO of the estimated latency is saved (e.g. 0.3); weights re-fitted on calibration data")
+    compress.add_argument("--profile-layers", action="store_true", help="time every layer with TVM before and after compression (two extra builds) to fill the measured column of the report's per-layer table")
     compress.add_argument("--lowrank", metavar="auto|ENERGY", help="factorize Gemm/MatMul/Conv: 'auto' where the cost model predicts a speed-up within the error budget, or keep ENERGY (e.g. 0.99) of the singular-value energy")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--tune", metavar="TRIALS", type=int, default=0, help="tune conv/matmul kernels with MetaSchedule (TRIALS per kernel) before building; Ctrl-C stops and keeps what was found")
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             rpc_tracker=args.rpc_tracker,
             rpc_key=args.rpc_key,
             rpc_timeout=args.rpc_timeout,
+            profile_layers=args.profile_layers,
         )
     except EdgekilnError as exc:
         print(f"error: {exc}", file=sys.stderr)

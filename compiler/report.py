@@ -102,6 +102,7 @@ import numpy as np
 
 from compiler.ir import Model, count_parameters
 from compiler.pipeline import PassRecord
+from compiler.report_compression import compression_html
 from compiler.report_mixed import mixed_precision_html
 from targets.cost_model import SOURCE_ESTIMATE, SOURCE_MEASURED, model_work
 
@@ -582,6 +583,14 @@ def _check_cell(check: Mapping[str, Any] | None) -> str:
     return f'<td class="{css}">{word} · {_e(policy)} · {detail}</td>'
 
 
+def _stat_text(value: Any) -> str:
+    """A stat for the pass table: scalars as they are; a list of rows (the per-layer tables in their
+    own sections) as its length."""
+    if isinstance(value, list) and value and isinstance(value[0], Mapping):
+        return f"[{len(value)} rows]"
+    return str(value)
+
+
 def _pass_table(report: Mapping[str, Any]) -> str:
     passes = report.get("passes") or []
     if not passes:
@@ -596,7 +605,7 @@ def _pass_table(report: Mapping[str, Any]) -> str:
         notes_html = "<ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else ""
         stats = p.get("stats") or {}
         stats_html = (
-            '<div class="muted mono">' + _e(", ".join(f"{k}={v}" for k, v in sorted(stats.items()))) + "</div>"
+            '<div class="muted mono">' + _e(", ".join(f"{k}={_stat_text(v)}" for k, v in sorted(stats.items()))) + "</div>"
             if stats else ""
         )
         rows.append(
@@ -764,6 +773,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     if quantization:
         body += ["<h2>Quantization error per layer</h2>", _sqnr_table(quantization)]
     body.append(mixed_precision_html(report))  # compiler/report_mixed.py; '' without mixed precision
+    body.append(compression_html(report))  # compiler/report_compression.py; '' without prune / low-rank
     if report.get("lowering") is not None:
         body += ["<h2>Lowering</h2>", _kv_table(report["lowering"])]
     body += [

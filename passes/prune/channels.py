@@ -194,7 +194,7 @@ class PruneChannelsPass(Pass):
             if k < group.size:
                 kept[i] = selection.keep_best(scores[position], k)
                 notes.append(f"group {group.name}: {before} -> {after} channels{timing} (importance {self.importance})")
-                decision.status, decision.after = "pruned", f"{after} channels"
+                decision.status, decision.after, decision.reason = "pruned", f"{after} channels", None
                 decision.details["channels_after"] = after
                 decision.details["importance"] = self.importance
             else:

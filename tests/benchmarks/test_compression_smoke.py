@@ -24,6 +24,10 @@ def test_digits_compression_benchmark_writes_json(tmp_path, capsys):
         assert 0.0 <= entry["proxy"]["top1_agreement"] <= 1.0
         assert -1.0 <= entry["proxy"]["cosine_mean"] <= 1.0 + 1e-9
         assert 0.0 <= entry["eval_top1"]["artifact_tvm"] <= 1.0
+        if name != "baseline":
+            assert entry["layers"] and entry["profile"]["before"]["model_ms"] > 0
+            changed = [r for r in entry["layers"] if r["status"] in ("pruned", "factorized")]
+            assert all(r["measured_ms_before"] is not None for r in changed)
     base = result["variants"]["baseline"]
     assert base["ratio_to_baseline"] == 1.0
     assert base["proxy"]["top1_agreement"] == 1.0
