@@ -1,6 +1,6 @@
 """``python -m benchmarks.compression``: structured pruning and low-rank rewrites, measured in one run.
 
-    python -m benchmarks.compression                           # all models, 10 timed runs each
+    python -m benchmarks.compression                           # all models, 20 timed runs each
     python -m benchmarks.compression --models digits --runs 30
 
 For each model it compiles, on the host CPU with TVM and in the same process, four variants:
@@ -10,16 +10,19 @@ For each model it compiles, on the host CPU with TVM and in the same process, fo
     lowrank    --lowrank auto
     both       --prune 0.3 --lowrank auto
 
-and records for each the measured latency (median of ``--runs`` runs after warm-up), its ratio to the
-baseline artifact measured in this run, the report's estimated latency before/after, and an accuracy
-proxy against the baseline artifact: top-1 agreement and cosine similarity of the outputs on 16
-seeded random inputs. The digits example also gets its real top-1 on the eval split (from the
-report). Zoo models are calibrated with seeded random inputs (there is no real data for them).
+and records for each the measured latency (median of ``--runs`` runs after warm-up; the variants are
+timed interleaved, in blocks that rotate, so load bursts on a shared machine hit all of them alike),
+its ratio to the baseline artifact measured in this run, the report's estimated latency before/after, and an accuracy
+proxy against the baseline artifact: top-1 agreement and cosine similarity of the outputs -- on
+the 540 held-out digits for the digits example (real data; it also gets its real top-1 on that
+split, from the report), on 16 seeded random inputs for the zoo models. Zoo models are calibrated with seeded random inputs (there is no real data for them).
 
 Per layer (unless ``--no-profile``): every compressed variant is compiled with ``profile_layers``,
 so each entry carries the passes' per-layer rows -- kept channels / ranks, estimated ms before and
 after, TVM-measured ms before and after (per-kernel medians), error, and why a layer was left alone
--- and the profiled whole-model times (``profile``).
+-- and the profiled whole-model times (``profile``; "VM ratio" in the table: the compressed fp32
+model's Relax VM time over the uncompressed one's, without the Python staging of ``run``, which
+dominates a 30-microsecond model like digits).
 
 Results go to ``benchmarks/results/compression-<UTC time>.json``. A variant that fails to compile
 or run is recorded with ``"status": "failed"`` and the error, never dropped.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import machine
-from benchmarks.timing import measure
+from benchmarks.timing import measure_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -86,8 +90,11 @@ def model_setup(name: str) -> dict:
         calibration = {input_name: np.concatenate([_random_input(shape, dtype, rng) for _ in range(CALIB_SAMPLES)])}
         eval_data = None
     input_name, shape, dtype = inputs
-    rng = np.random.default_rng(0)
-    proxy = [{input_name: _random_input(shape, dtype, rng)} for _ in range(PROXY_INPUTS)]
+    if eval_data is not None:  # real held-out inputs, one feed per sample
+        proxy = [{input_name: x[None]} for x in np.load(eval_data)[input_name]]
+    else:
+        rng = np.random.default_rng(0)
+        proxy = [{input_name: _random_input(shape, dtype, rng)} for _ in range(PROXY_INPUTS)]
     return {"path": Path(path), "calibration": calibration, "eval_data": eval_data, "proxy_feeds": proxy}
 
 
@@ -173,25 +180,31 @@ def bench_variant(name: str, variant: str, setup: dict, workdir: Path, runs: int
         }
     try:
         artifact = load_artifact(result.output_dir)
-        feeds0 = setup["proxy_feeds"][0]
-        entry["latency"] = measure(lambda: artifact.run(feeds0), runs=runs, warmup=3)
         entry["outputs"] = [artifact.run(f)[0] for f in setup["proxy_feeds"]]
     except Exception as exc:  # noqa: BLE001
         entry.update(status="failed", stage="run", error=f"{type(exc).__name__}: {exc}")
         entry["traceback"] = traceback.format_exc(limit=4)
         return entry
     entry["status"] = "ok"
+    entry["artifact"] = artifact  # timed by bench_model with the other variants, then dropped
     return entry
 
 
 def bench_model(name: str, runs: int, variants=tuple(VARIANTS), profile: bool = True) -> dict:
     setup = model_setup(name)
-    record: dict = {"model": name, "path": str(setup["path"]), "variants": {}}
+    record: dict = {"model": name, "path": str(setup["path"]), "proxy_inputs": len(setup["proxy_feeds"]),
+                    "proxy_data": "held-out eval split" if setup["eval_data"] else "seeded random", "variants": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"edgekiln-compress-{name}-") as tmp:
         for variant in ("baseline", *[v for v in variants if v != "baseline"]):
             print(f"  {name} {variant} ...", file=sys.stderr, flush=True)
             record["variants"][variant] = bench_variant(name, variant, setup, Path(tmp), runs, profile)
+        feeds0 = setup["proxy_feeds"][0]
+        ok = {v: e for v, e in record["variants"].items() if e.get("status") == "ok"}
+        timed = measure_interleaved({v: (lambda a=e["artifact"]: a.run(feeds0)) for v, e in ok.items()}, runs=runs)
+        for variant, entry in ok.items():
+            entry["latency"] = timed[variant]
+            entry.pop("artifact")
     base = record["variants"]["baseline"]
     for variant, entry in record["variants"].items():
         if entry.get("status") != "ok" or base.get("status") != "ok":
@@ -210,7 +223,7 @@ def _fmt(value, spec: str, width: int) -> str:
 
 def _table(results: list[dict]) -> str:
     head = (
-        f"{'model':<12} {'variant':<9} {'median ms':>10} {'ratio':>6} {'est before':>10} {'est after':>10} "
+        f"{'model':<12} {'variant':<9} {'median ms':>10} {'ratio':>6} {'VM ratio':>8} {'est before':>10} {'est after':>10} "
         f"{'top1 agr':>8} {'cos mean':>8} {'eval top1':>9} {'compile s':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -224,6 +237,7 @@ def _table(results: list[dict]) -> str:
             top1 = (e.get("eval_top1") or {}).get("artifact_tvm")
             lines.append(
                 f"{r['model']:<12} {variant:<9} {_fmt(e['latency']['median_ms'], '.3f', 10)} {_fmt(e.get('ratio_to_baseline'), '.2f', 6)} "
+                f"{_fmt((e.get('profile') or {}).get('ratio'), '.2f', 8)} "
                 f"{_fmt(est.get('before'), '.3f', 10)} {_fmt(est.get('after'), '.3f', 10)} "
                 f"{_fmt(proxy.get('top1_agreement'), '.3f', 8)} {_fmt(proxy.get('cosine_mean'), '.4f', 8)} "
                 f"{_fmt(top1, '.4f', 9)} {_fmt(e.get('compile_s'), '.1f', 9)}"
@@ -235,12 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compression", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="baseline always runs")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per variant after warm-up (default 10)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per variant after warm-up (default 20)")
+    parser.add_argument("--threads", type=int, default=1, help="TVM_NUM_THREADS for the artifacts (default 1: steady on a shared machine; 0 = all cores)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no result file")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-layer before/after kernel timing (two extra builds per compressed variant)")
     args = parser.parse_args(argv)
+    saved_threads = os.environ.get("TVM_NUM_THREADS")
+    if args.threads > 0:  # read by TVM's thread pool when the first library runs
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    try:
+        return _run(args)
+    finally:  # main() is also called in-process (tests): leave the environment as it was
+        if saved_threads is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved_threads
 
+
+def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = []
     for name in args.models:
@@ -250,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe(),
         "runs": args.runs,
-        "proxy_inputs": PROXY_INPUTS,
+        "threads": args.threads or "all cores",
         "target": "cpu",
         "results": results,
         "total_s": time.perf_counter() - started,

@@ -39,7 +39,7 @@ DEFAULT_VERIFY_MAX_PARAMS = 30_000_000
 #: At most this many calibration batches are used as verification feeds.
 VERIFY_FEEDS = 2
 #: Timed runs per kernel for ``profile_layers`` (medians; see compiler/layer_profile.py).
-PROFILE_REPEATS = 10
+PROFILE_REPEATS = 20
 
 
 @dataclasses.dataclass
@@ -648,7 +648,7 @@ class _CompressionSnapshots:
             self.after_model = copy_model(model)
 
     def profile(self, target, records: Sequence[PassRecord], remote, lower: bool) -> dict[str, Any]:
-        from compiler.layer_profile import attach_measured, profile_model, profile_summary
+        from compiler.layer_profile import attach_measured, profile_models, profile_summary
 
         if self.before is None or self.after_model is None:
             return {"skipped": "no pruning or low-rank pass in the pipeline"}
@@ -657,8 +657,7 @@ class _CompressionSnapshots:
         if not target.runs_locally and remote is None:
             return {"skipped": f"target '{target.name}' does not run here; give --rpc-tracker/--rpc-key to time it on the board"}
         repeats = PROFILE_REPEATS
-        before = profile_model(self.before, target, repeats, rpc=remote)
-        after = profile_model(self.after_model, target, repeats, rpc=remote)
+        before, after = profile_models(self.before, self.after_model, target, repeats, rpc=remote)
         filled = attach_measured([(r.name, r.stats) for r in records], before, after)
         where = remote.describe() if remote is not None else "this machine"
         return profile_summary(before, after, repeats, where, filled)

@@ -20,7 +20,7 @@ from typing import Any
 
 from compiler.ir import Model
 
-__all__ = ["COMPRESSION_PASSES", "LayerProfile", "attach_measured", "compression_rows", "profile_model", "profile_summary"]
+__all__ = ["COMPRESSION_PASSES", "LayerProfile", "attach_measured", "compression_rows", "profile_models", "profile_summary"]
 
 #: Passes whose ``stats["layers"]`` rows get measured columns.
 COMPRESSION_PASSES = ("prune-channels", "factorize-conv", "factorize-gemm")
@@ -45,17 +45,21 @@ class LayerProfile:
         return {"model_ms": self.model_ms, "kernels": self.kernel_count, "unpaired_kernels": self.unpaired_kernels}
 
 
-def profile_model(model: Model, target, repeats: int = 10, rpc=None) -> LayerProfile:
-    """Lower ``model`` for ``target`` and time each kernel (here, or on the board behind ``rpc``)."""
-    from targets.calibrate_cost import collect_samples
+def profile_models(before: Model, after: Model, target, repeats: int = 10, rpc=None) -> tuple[LayerProfile, LayerProfile]:
+    """Lower both models for ``target`` and time each kernel: here interleaved round by round (so
+    load bursts hit both alike), or one after the other on the board behind ``rpc``."""
+    from targets.calibrate_cost import collect_samples, collect_samples_interleaved
 
-    samples, info = collect_samples(model, target, repeats, rpc=rpc)
-    return LayerProfile(
-        [(list(s.nodes), s.measured_s) for s in samples],
-        float(info["measured_model_ms"]),
-        int(info["kernels"]),
-        int(info["unpaired_kernels"]),
-    )
+    if rpc is None:
+        pairs = collect_samples_interleaved([before, after], target, repeats)
+    else:
+        pairs = [collect_samples(m, target, repeats, rpc=rpc) for m in (before, after)]
+    profiles = [
+        LayerProfile([(list(s.nodes), s.measured_s) for s in samples], float(info["measured_model_ms"]),
+                     int(info["kernels"]), int(info["unpaired_kernels"]))
+        for samples, info in pairs
+    ]
+    return profiles[0], profiles[1]
 
 
 def attach_measured(
@@ -77,8 +81,8 @@ def attach_measured(
 def profile_summary(before: LayerProfile, after: LayerProfile, repeats: int, where: str, rows: int) -> dict[str, Any]:
     """The ``summary.compression_profile`` block of report.json."""
     return {
-        "source": f"TVM Relax VM per-kernel instrument, median of {repeats} runs ({where}), fp32 models "
-        "before the first and after the last compression pass",
+        "source": f"TVM Relax VM per-kernel instrument, median of {repeats} runs ({where}; both models "
+        "interleaved when timed here), fp32 models before the first and after the last compression pass",
         "before": before.to_json(),
         "after": after.to_json(),
         "ratio": after.model_ms / before.model_ms if before.model_ms else None,

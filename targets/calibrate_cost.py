@@ -348,59 +348,80 @@ def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10
     """
     if rpc is not None:
         return _measure_layers_rpc(model, get_target(target), repeats, seed, rpc)
-    import tvm
-    from tvm import relax
+    return measure_layers_interleaved([model], target, repeats, seed, rounds)[0]
 
-    from compiler.ir import to_proto
-    from compiler.verify import random_feeds
-    from targets.lowering import lower_model
 
+def measure_layers_interleaved(models: Sequence[Model], target: Target | str = "cpu", repeats: int = 10,
+                               seed: int = 0, rounds: int = 3) -> list[Measurement]:
+    """:func:`measure_layers` of several models on this machine, their runs interleaved round by
+    round, so a burst of load from other processes lands on all of them and their ratios hold."""
     target = get_target(target)
     if not target.runs_locally:
         raise OptionError(f"target '{target.name}' does not run here; measure it on the board through TVM RPC")
-    proto = to_proto(model)
-    feeds = random_feeds(model, None, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = lower_model(proto, target, {}, Path(tmp))
-        lowering_s = time.perf_counter() - start
-        module = tvm.runtime.load_module(str(Path(tmp) / result.library_file))
-    vm = relax.VirtualMachine(module, tvm.cpu())  # plain: whole-model times
-    timed_vm = relax.VirtualMachine(module, tvm.cpu())  # instrumented: per-kernel times
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), tvm.cpu()) for name in result.input_names]
-    vm["main"](*args)  # warm-up: first-call allocation and page faults are not layer time
-
-    runs: list[list[tuple[str, float]]] = []
-    state: dict[str, float] = {}
-
-    def instrument(func, symbol, before_run, ret_value, *call_args):  # noqa: ARG001 - VM signature
-        now = time.perf_counter()
-        if before_run:
-            state["start"] = now
-        elif not str(symbol).startswith("vm.builtin"):
-            runs[-1].append((str(symbol), now - state["start"]))
-        return 0  # VMInstrumentReturnKind.kNoOp
-
-    timed_vm.set_instrument(instrument)
-    runs.append([])
-    timed_vm["main"](*args)  # warm-up of the instrumented VM, not kept
-    runs.clear()
-    # Whole-model and per-kernel runs alternate in rounds, so a burst of load on this shared machine
-    # lands in both and the medians stay comparable.
-    totals = []
+        timers = [_LocalTimer(model, target, seed, Path(tmp) / str(i)) for i, model in enumerate(models)]
     rounds = max(1, min(rounds, repeats))
     for round_index in range(rounds):
         count = repeats // rounds + (1 if round_index < repeats % rounds else 0)
+        for timer in timers:
+            timer.round(count)
+    return [timer.result() for timer in timers]
+
+
+class _LocalTimer:
+    """One model lowered and loaded here, with a plain VM (whole-model times) and an instrumented
+    VM (per-kernel times); :meth:`round` adds ``count`` runs of each."""
+
+    def __init__(self, model: Model, target: Target, seed: int, workdir: Path):
+        import tvm
+        from tvm import relax
+
+        from compiler.ir import to_proto
+        from compiler.verify import random_feeds
+        from targets.lowering import lower_model
+
+        workdir.mkdir(parents=True)
+        feeds = random_feeds(model, None, seed=seed)
+        start = time.perf_counter()
+        result = lower_model(to_proto(model), target, {}, workdir)
+        self.lowering_s = time.perf_counter() - start
+        module = tvm.runtime.load_module(str(workdir / result.library_file))  # stays loaded after the dir goes
+        self.vm = relax.VirtualMachine(module, tvm.cpu())
+        self.timed_vm = relax.VirtualMachine(module, tvm.cpu())
+        self.args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), tvm.cpu()) for name in result.input_names]
+        self.runs: list[list[tuple[str, float]]] = []
+        self.totals: list[float] = []
+        state: dict[str, float] = {}
+
+        def instrument(func, symbol, before_run, ret_value, *call_args):  # noqa: ARG001 - VM signature
+            now = time.perf_counter()
+            if before_run:
+                state["start"] = now
+            elif not str(symbol).startswith("vm.builtin"):
+                self.runs[-1].append((str(symbol), now - state["start"]))
+            return 0  # VMInstrumentReturnKind.kNoOp
+
+        self.timed_vm.set_instrument(instrument)
+        self.vm["main"](*self.args)  # warm-up: first-call allocation and page faults are not layer time
+        self.runs.append([])
+        self.timed_vm["main"](*self.args)  # warm-up of the instrumented VM, not kept
+        self.runs.clear()
+
+    def round(self, count: int) -> None:
+        """``count`` whole-model runs, then ``count`` instrumented ones (so both see the same load)."""
+        self.vm["main"](*self.args)  # untimed: the previous model's worker threads go idle first
         for _ in range(count):
             start = time.perf_counter()
-            vm["main"](*args)
-            totals.append(time.perf_counter() - start)
+            self.vm["main"](*self.args)
+            self.totals.append(time.perf_counter() - start)
         for _ in range(count):
-            runs.append([])
-            timed_vm["main"](*args)
-    names = [name for name, _ in runs[0]]
-    medians = [(name, statistics.median(run[i][1] for run in runs)) for i, name in enumerate(names)]
-    return Measurement(medians, statistics.median(totals), lowering_s)
+            self.runs.append([])
+            self.timed_vm["main"](*self.args)
+
+    def result(self) -> Measurement:
+        names = [name for name, _ in self.runs[0]]
+        medians = [(name, statistics.median(run[i][1] for run in self.runs)) for i, name in enumerate(names)]
+        return Measurement(medians, statistics.median(self.totals), self.lowering_s)
 
 
 def _measure_layers_rpc(model: Model, target: Target, repeats: int, seed: int, rpc) -> Measurement:
@@ -542,7 +563,19 @@ def collect_samples(model: Model, target: Target | str = "cpu", repeats: int = 1
     """Measure ``model`` on ``target`` (here, or on the board behind ``rpc``, a
     ``targets.lowering.rpc.RpcDevice``) and pair kernels with node groups; info on the pairing."""
     target = get_target(target)
-    measurement = measure_layers(model, target, repeats, rpc=rpc)
+    return _pair_measurement(model, target, measure_layers(model, target, repeats, rpc=rpc))
+
+
+def collect_samples_interleaved(models: Sequence[Model], target: Target | str = "cpu", repeats: int = 10,
+                                rounds: int = 5) -> list[tuple[list[LayerSample], dict[str, Any]]]:
+    """:func:`collect_samples` of several models on this machine, timed interleaved
+    (:func:`measure_layers_interleaved`): for before/after comparisons."""
+    target = get_target(target)
+    measurements = measure_layers_interleaved(models, target, repeats, rounds=rounds)
+    return [_pair_measurement(model, target, m) for model, m in zip(models, measurements)]
+
+
+def _pair_measurement(model: Model, target: Target, measurement: Measurement) -> tuple[list[LayerSample], dict[str, Any]]:
     groups = group_nodes(model, RooflineCostModel(target))
     samples, unpaired = pair_kernels(groups, measurement.kernels)
     info = {
