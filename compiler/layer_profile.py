@@ -68,13 +68,10 @@ def attach_measured(
     """Fill the measured columns of every compression row in ``pass_stats`` (``(pass name, stats)``
     pairs, changed in place). Returns the number of rows that got both numbers."""
     filled = 0
-    for name, stats in pass_stats:
-        if name not in COMPRESSION_PASSES:
-            continue
-        for row in stats.get("layers") or []:
-            row["measured_ms_before"] = before.measured_ms(row.get("nodes") or [])
-            row["measured_ms_after"] = after.measured_ms(row.get("nodes_after") or [])
-            filled += row["measured_ms_before"] is not None and row["measured_ms_after"] is not None
+    for _, row in _rows(pass_stats):
+        row["measured_ms_before"] = before.measured_ms(row.get("nodes") or [])
+        row["measured_ms_after"] = after.measured_ms(row.get("nodes_after") or [])
+        filled += row["measured_ms_before"] is not None and row["measured_ms_after"] is not None
     return filled
 
 
@@ -92,9 +89,10 @@ def profile_summary(before: LayerProfile, after: LayerProfile, repeats: int, whe
 
 def compression_rows(passes: Iterable[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
     """``(pass name, row)`` for every compression row of report.json's ``passes`` list."""
-    return [
-        (p.get("name", "?"), row)
-        for p in passes
-        if p.get("name") in COMPRESSION_PASSES
-        for row in ((p.get("stats") or {}).get("layers") or [])
-    ]
+    return _rows((p.get("name", "?"), p.get("stats") or {}) for p in passes)
+
+
+def _rows(pass_stats: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, Any]]:
+    """``(pass name, row)`` for the ``stats["layers"]`` rows of the compression passes among
+    ``(pass name, stats)`` pairs."""
+    return [(name, row) for name, stats in pass_stats if name in COMPRESSION_PASSES for row in stats.get("layers") or []]
