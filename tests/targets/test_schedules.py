@@ -25,7 +25,7 @@ from tvm.target import codegen  # noqa: E402
 import tvm.relax.frontend.onnx  # noqa: E402,F401  (registers relax.frontend.onnx)
 from targets.lowering.schedules import ScheduleReport, apply_default_schedules  # noqa: E402
 from targets.lowering.schedules import common  # noqa: E402
-from targets.lowering.schedules.conv2d import choose_pixel_tile, choose_tile  # noqa: E402
+from targets.lowering.schedules.conv2d import choose_pixel_tile, choose_tile, pixel_chunk_vectors  # noqa: E402
 from targets.lowering.schedules.matmul import Matmul  # noqa: E402
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>\n'
@@ -395,7 +395,8 @@ agraph (float[1, {c}, {hw}, {hw}] x, float[1, {f}, {hw}, {hw}] r) => (float[1, {
 """
 
 
-@pytest.mark.parametrize("c,f,hw", [(16, 24, 16), (8, 96, 20), (32, 20, 8)], ids=["16to24", "8to96", "32to20"])
+@pytest.mark.parametrize("c,f,hw", [(16, 24, 16), (8, 96, 20), (32, 20, 8), (32, 48, 64)],
+                         ids=["16to24", "8to96", "32to20", "32to48-chunked"])
 def test_conv1x1_pixel_gemm(c, f, hw):
     """1x1 stride-1 convs with few input channels take the pixel-vectorized GEMM path (flattened
     image, contiguous accumulator stores) with the residual/clip epilogue fused, exact vs ORT."""
@@ -407,6 +408,17 @@ def test_conv1x1_pixel_gemm(c, f, hw):
     (name,) = report.scheduled
     # The accumulator is the flattened [n, f, pixels] tile, not the channel-last [n, y, x, f] one.
     assert f"(T.int64(1), T.int64({f}), T.int64({hw * hw}))" in mod[name].script()
+
+
+def test_pixel_chunk_fits_budget():
+    """Pixel chunks: whole pixel blocks, an exact divisor of the image's blocks, input <= budget."""
+    assert pixel_chunk_vectors(784, 2048, 32 * 1024) == 16  # 64x64 px, 32 ch fp32, 2 x 8 px blocks
+    assert pixel_chunk_vectors(392, 4096, 32 * 1024) == 8
+    assert pixel_chunk_vectors(49, 4096, 32 * 1024) == 7  # 7 is the largest divisor of 49 <= 8
+    assert pixel_chunk_vectors(10, 1 << 20, 32 * 1024) == 1  # one block already over budget
+    for blocks, block_bytes in ((1568, 1024), (98, 3072), (13, 512)):
+        chunk = pixel_chunk_vectors(blocks, block_bytes, 32 * 1024)
+        assert blocks % chunk == 0 and (chunk == 1 or chunk * block_bytes <= 32 * 1024)
 
 
 def test_pixel_tile_choice():

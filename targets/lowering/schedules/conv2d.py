@@ -82,6 +82,27 @@ def choose_pixel_tile(pixels: int, out_channels: int, lanes: int, registers: int
     return None if best is None else (best[1], best[2])
 
 
+# Pixel-vectorized 1x1 kernel: the input of one pixel chunk (C channels x chunk pixels) is kept at
+# most this many bytes, so it stays in L1 while every channel block of the output sweeps it.
+# (Measured on MobileNetV2's 16->96 @112: 8, 32 and 128 KB within 3% of each other.)
+PIXEL_CHUNK_BYTES = 32 * 1024
+
+
+def pixel_chunk_vectors(blocks: int, block_bytes: int, budget: int | None = None) -> int:
+    """Pixel blocks per chunk of the pixel-vectorized 1x1 kernel: the largest divisor of ``blocks``
+    (the image's pixel blocks of nb*V pixels) whose input, ``block_bytes`` per block, fits
+    ``budget`` bytes (at least one block)."""
+    budget = PIXEL_CHUNK_BYTES if budget is None else budget
+    return common.largest_divisor(blocks, max(1, budget // max(1, block_bytes)))
+
+
+def _dtype_bytes(block: s_tir.SBlock) -> int:
+    """Bytes per element of the conv's output (the input has the same float type)."""
+    import tvm
+
+    return max(1, tvm.DataType(str(block.writes[0].source.dtype)).bits // 8)
+
+
 def _data_read_index(block: s_tir.SBlock, w_idx: int) -> int:
     """The conv block's read of the (padded) input image: the 4-d read that is not the weight."""
     out = block.writes[0].source
@@ -212,7 +233,8 @@ class Conv2dDirect(common.ScheduleRule):
         """1x1 stride-1 conv as a GEMM out[f, p] = sum_c W[f, c] * X[c, p] over the flattened image,
         vectorized along pixels: per input channel, ``nb`` contiguous pixel vectors and ``t``
         broadcast weights feed ``nb*t`` FMAs, and the accumulator tile [t][nb*V] is stored with plain
-        vector stores (no channel->pixel transpose in the write-back)."""
+        vector stores (no channel->pixel transpose in the write-back). Loops: parallel over
+        (pixel chunk, channel block), then the chunk's pixel blocks (see the reorder below)."""
         nb, t = tile
         if pad is not None:
             sch.compute_inline(pad)
@@ -227,10 +249,18 @@ class Conv2dDirect(common.ScheduleRule):
         sch.transform_block_layout(conv, lambda a, b, c, d, e, g, h: (a, b, c * OW + d, e, g, h))
         sch.transform_block_layout(acc, lambda a, b, c, d: (a, b, c * OW + d))
         n, f, p, rc, ry, rx = sch.get_loops(conv)
+        C = common.extents(sch, [rc])[0]
+        chunk = pixel_chunk_vectors(OH * OW // (nb * lanes), nb * lanes * C * _dtype_bytes(sch.get(conv)))
         fo, fi = sch.split(f, [None, t])
-        po, pb, pv = sch.split(p, [None, nb, lanes])
-        sch.reorder(n, po, fo, ry, rx, rc, fi, pb, pv)
-        common.attach_write_back(sch, acc, epilogue, fo, [n, po, fo], N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS)
+        pc, po, pb, pv = sch.split(p, [None, chunk, nb, lanes])
+        # Pixel chunks outermost, then channel blocks, then the pixels of the chunk: the chunk's
+        # input (C x chunk pixels) stays in L1/L2 while every channel block sweeps it, and each
+        # tile writes t channel rows sequentially. Pixel blocks outside the channel blocks (the
+        # order before) wrote all F channel planes per pixel block -- F + C streams: MobileNetV2's
+        # 16->96 @112 took 1.53 ms that way and takes 0.78 ms now, its 24->144 @56 0.51 -> 0.37 ms,
+        # the whole model 0.90x (Zen 3, one core; ONNX Runtime 0.73 / 0.36 ms).
+        sch.reorder(n, pc, fo, po, ry, rx, rc, fi, pb, pv)
+        common.attach_write_back(sch, acc, epilogue, po, [n, pc, fo], N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS)
         common.unroll_and_vectorize_tile(sch, conv, [fi, pb], pv, ry)
         wb = sch.get_loops(acc)
         _, wv = sch.split(wb[-1], [None, lanes])
