@@ -6,6 +6,9 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
 
     conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
+    conv1x1_int8.Conv1x1Int8PixelsAVX2
+                                 1x1 stride-1 conv uint8 x int8 -> int32 with few input channels
+                                 on AVX2 without VNNI, vectorized along pixels (vpmaddwd)
     conv2d_int8.Conv2dInt8AVX2   conv2d_nchw uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
     matmul_int8.MatmulInt8AVX2   matmul / dense uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
     depthwise_int8.DepthwiseInt8 depthwise conv2d_nchw uint8 x int8 -> int32 (MobileNet)
@@ -42,6 +45,7 @@ class ScheduleReport:
 
 def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
+    from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2
     from targets.lowering.schedules.conv2d import Conv2dDirect
     from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
@@ -59,7 +63,7 @@ def default_rules() -> list[ScheduleRule]:
     # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
-        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2(), MatmulInt8AVX2(),
+        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(), MatmulInt8AVX2(),
         DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]

@@ -435,6 +435,76 @@ def register_avx2_intrinsic() -> str:
     return _register_once(AVX2_DOT_INTRIN, _avx2_impl, AVX2_LANES, AVX2_DEPTH)
 
 
+# Pixel-vectorized variant for 1x1 convs (conv1x1_int8.py): C[8] += sum_k A[8, k] (uint8) *
+# B[k] (int16), k < 2 -- 8 pixels x 2 input channels of data (16 bytes, zero-extended with
+# vpmovzxbw) against one output channel's weight pair, pre-widened to int16 at compile time so the
+# pair is one 32-bit word broadcast with vpbroadcastd. Exact for the same reason as above (the
+# int16 weights hold int8 values).
+AVX2_PIXEL_DOT_INTRIN = "edgekiln_dot_8px2_u8i16i32_avx2"
+
+
+def _pixel_dot_desc():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((AVX2_LANES, AVX2_DEPTH), "uint8", offset_factor=1),
+        B: T.Buffer((AVX2_DEPTH,), "int16", offset_factor=1),
+        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:AVX2_DEPTH], B[0:AVX2_DEPTH])
+            T.writes(C[0:AVX2_LANES])
+            for i in T.serial(0, AVX2_LANES):
+                for k in T.serial(0, AVX2_DEPTH):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        # int16 -> int8 -> int32: the form the rule's compile-time widening
+                        # (``unsafe_set_dtype`` of the weight pack) leaves in the conv block; the
+                        # stored values are int8, so the impl reads the int16 pair as is
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(T.cast(B[vk], "int8"), "int32")
+
+    return desc
+
+
+def _pixel_dot_impl():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((8, 2), "uint8", offset_factor=1),
+        B: T.Buffer((2,), "int16", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8, 0:2], B[0:2])
+            T.writes(C[0:8])
+            w2 = T.broadcast(T.reinterpret(B.vload([0], "int16x2"), dtype="int32"), 8)
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.cast(A.vload([0, 0], dtype="uint8x16"), "int16x16"),
+                T.reinterpret(w2, dtype="int16x16"),
+                dtype="int32x8",
+            )
+
+    return impl
+
+
+def register_avx2_pixel_intrinsic() -> str:
+    """Register :data:`AVX2_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
+    name = AVX2_PIXEL_DOT_INTRIN
+    if name in _registered:
+        return name
+    from tvm.s_tir import TensorIntrin
+
+    try:
+        TensorIntrin.get(name)
+    except Exception:  # noqa: BLE001 - not registered yet
+        TensorIntrin.register(name, _pixel_dot_desc(), _pixel_dot_impl())
+    _registered.add(name)
+    return name
+
+
 class VNNIDot:
     """Mixin of the int8 rules for AVX-512 VNNI targets: the 16x4 vpdpbusd dot product."""
 

@@ -1,0 +1,144 @@
+"""1x1 stride-1 NCHW conv2d uint8 x int8 -> int32 on AVX2 without VNNI, vectorized along pixels.
+
+A 1x1 conv is the GEMM ``out[f, p] = sum_c W[f, c] * X[c, p]`` over the flattened image
+(p = y * W + x). ``Conv2dInt8AVX2`` vectorizes it over output channels (8 channels x up to 8
+columns per register tile): with few input channels (MobileNetV2's expansion convs, C = 16..96)
+its reduction is a handful of steps per tile and the tile's write-back -- a channel-to-pixel
+transpose of the int32 tile and the int64 requantization -- costs as much as the dot products
+(measured: the 16->96 @112 took 2.47 ms, fp32 0.78 ms). This rule vectorizes along pixels, like
+the fp32 ``Conv2dDirect._schedule_pixels``:
+
+    data pack:   X[N, C, H, W] u8 -> Xp[N, C/2, H*W, 2] u8 per call (2 input channels of a pixel
+                 adjacent: one int16 pair of vpmaddwd after vpmovzxbw)
+    weight pack: W[F, C, 1, 1] i8 -> Wp[F/t, C/2, t, 2] **int16** at compile time (the pair of one
+                 output channel is one 32-bit word: a single vpbroadcastd, no sign extension in
+                 the kernel)
+    parallel for (n, pixel chunk, f_outer):
+      for pixel blocks of nb*8 pixels in the chunk:
+        acc[t][nb*8] = 0                                        # int32 register tile
+        for c2 in C/2:
+          for fi in t (unrolled), pb in nb (unrolled):
+            acc[fi][pb*8:+8] += vpmaddwd(zext16(Xp[n, c2, p0+pb*8 : +8, 0:2]),   # 8 pixels x 2 ch
+                                         broadcast32(Wp[f_outer, c2, fi, 0:2]))  # one channel pair
+        out[n, f, p0 : p0+nb*8] = epilogue(acc)   # contiguous stores, per-channel constants
+                                                  # broadcast, vectorized along pixels
+
+Exact: every product is u8 x i8 widened to int16, ``vpmaddwd`` sums two of them into int32
+(|2 * 255 * 128| < 2^31) and ``vpaddd`` accumulates; the ``vpmaddubsw`` saturation is excluded as
+in ``Conv2dInt8AVX2``. Claims x86 AVX2 targets without AVX-512 VNNI (``common.AVX2Dot``) and
+convs with C % 2 == 0, H*W % 8 == 0, C <= ``MAX_CHANNELS``; anything else goes on to the next rule.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from targets.lowering.schedules import common
+from targets.lowering.schedules.conv2d import pixel_chunk_vectors
+from targets.lowering.schedules.conv2d_int8 import _operand_reads
+
+# 1x1 convs with at most this many input channels take this rule. Measured on MobileNetV2 (Zen 3,
+# one core): every claimed layer got faster, C = 16 (2.7 -> 1.3 ms) up to C = 192 (0.19 -> 0.16 ms);
+# its 384..960-channel layers run on 14x14 and 7x7 images, which do not fill whole 8-pixel vectors,
+# so larger C was not measured and stays with ``Conv2dInt8AVX2``.
+MAX_CHANNELS = 256
+
+LANES = common.AVX2_LANES  # pixels per int32x8 accumulator
+DEPTH = common.AVX2_DEPTH  # input channels per vpmaddwd pair
+
+
+def choose_tile(pixel_vectors: int, out_channels: int, max_accumulators: int = 8) -> tuple[int, int]:
+    """(nb, t): pixel vectors x output channels per register tile, exact divisors of
+    ``pixel_vectors`` and ``out_channels`` with ``nb * t <= max_accumulators``, maximizing the
+    multiply-adds per load ``nb*t / (nb + t)`` (nb data vectors and t broadcasts feed nb*t
+    vpmaddwd), then ``nb * t``."""
+    best = None
+    for nb in (1, 2, 4, 3):
+        if pixel_vectors % nb:
+            continue
+        t = common.largest_divisor(out_channels, max_accumulators // nb)
+        key = (nb * t / (nb + t), nb * t)
+        if best is None or key > best[0]:
+            best = (key, nb, t)
+    return (best[1], best[2]) if best is not None else (1, 1)
+
+
+class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
+    """u8 x i8 -> i32 1x1 stride-1 conv on AVX2, vectorized along pixels (module docstring)."""
+
+    name = "conv1x1-int8-avx2"
+
+    def _match_and_schedule(self, func, target):
+        sch = s_tir.Schedule(func)
+        conv = common.find_anchor(sch, ("conv2d_nchw",))
+        if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
+            return None
+        reads = _operand_reads(sch.get(conv))
+        if reads is None:
+            return None
+        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+        dims = common.extents(sch, [n, f, y, x, rc, ry, rx])
+        if dims is None:
+            return None
+        N, F, OH, OW, C, KH, KW = dims
+        if (KH, KW) != (1, 1) or C % DEPTH or C > MAX_CHANNELS or (OH * OW) % LANES:
+            return None
+        # A 1x1 kernel whose (padded) input image is as large as the output: stride 1 and no
+        # padding (any stride > 1 or pad would make the image and the output differ).
+        data = sch.get(conv).reads[reads[0]].source
+        if [int(d) for d in data.shape[2:]] != [OH, OW]:
+            return None
+        return self._schedule(sch, func, conv, reads, dims)
+
+    def _schedule(self, sch, func, conv, reads, dims):
+        intrin = common.register_avx2_pixel_intrinsic()
+        data_idx, weight_idx = reads
+        N, F, OH, OW, C, _, _ = dims
+        P = OH * OW
+        nb, t = choose_tile(P // LANES, F, self.max_accumulators)
+        chunk = pixel_chunk_vectors(P // (nb * LANES), nb * LANES * C)
+
+        # The data operand's producers in the function (the zero-width pad of ConvInteger's
+        # zero-point lowering, a requantization of the previous layer) are inlined into the pack.
+        data_producers = [
+            b for b in sch.get_producers(conv)
+            if sch.get(b).writes[0].source.same_as(sch.get(conv).reads[data_idx].source)
+        ]
+        epilogue = common.fuse_epilogue(sch, conv)
+
+        # Weight: [F, C, 1, 1] int8 -> [F/t, C/2, t, 2] int16 (folded at compile time).
+        wpack = common.pack_operand(
+            sch, func, conv, weight_idx,
+            lambda o, i, h, w: (o // t, i // DEPTH, o % t, i % DEPTH),
+        )
+        sch.unsafe_set_dtype(wpack, 0, "int16")
+        # Data: [N, C, H, W] -> [N, C/2, H*W, 2], a parallel per-call copy.
+        dpack = sch.cache_read(conv, data_idx, "global")
+        for producer in data_producers:
+            sch.compute_inline(producer)
+        sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // DEPTH, h * OW + w, c % DEPTH))
+        dl = sch.get_loops(dpack)
+        sch.parallel(sch.fuse(dl[0], dl[1]))
+
+        acc = sch.cache_write(conv, 0, "local")
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, c * OW + d))
+        sch.transform_block_layout(conv, lambda a, b, c, d, e, g, h: (a, b, c * OW + d, e, g, h))
+        sch.transform_block_layout(acc, lambda a, b, c, d: (a, b, c * OW + d))
+        n, f, p, rc, ry, rx = sch.get_loops(conv)
+        fo, fi = sch.split(f, [None, t])
+        pc, po, pb, pv = sch.split(p, [None, chunk, nb, LANES])
+        rco, rci = sch.split(rc, [None, DEPTH])
+        sch.reorder(n, pc, fo, po, ry, rx, rco, fi, pb, pv, rci)
+        common.attach_write_back(sch, acc, epilogue, po, [n, pc, fo], N * F * P >= common.MIN_PARALLEL_ELEMENTS)
+        init = sch.decompose_reduction(conv, ry)
+        init_loops = sch.get_loops(init)
+        sch.unroll(init_loops[-3])
+        sch.unroll(init_loops[-2])
+        sch.vectorize(init_loops[-1])
+        sch.unroll(fi)
+        sch.unroll(pb)
+        sch.tensorize(pv, intrin)
+        wb = sch.get_loops(acc)
+        _, wv = sch.split(wb[-1], [None, LANES])
+        sch.vectorize(wv)
+        return sch
