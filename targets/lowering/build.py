@@ -4,6 +4,9 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
 
     DecomposeOpsForInference   batch_norm/layer_norm/gelu... -> primitive ops (inference semantics)
     CanonicalizeBindings       drop trivial rebinds left by the importer, so fusion sees clean chains
+    requant_float              (x86) the int64 requantizer chains of the integer-only form as the
+                               exact float64 computation (requant_float.py: no 64-bit vector
+                               multiply on x86 before AVX-512DQ)
     zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
     apply_records              (optional) tuned schedules from a MetaSchedule database (tuning.py)
     apply_default_schedules    our CPU schedule rules for every PrimFunc not scheduled yet
@@ -24,7 +27,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import int4, schedules
+from targets.lowering import int4, requant_float, schedules
 from targets.lowering.errors import lowering_step
 
 
@@ -47,6 +50,9 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         with lowering_step("graph optimization (DecomposeOpsForInference, CanonicalizeBindings)"):
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
+        if schedules.common.is_x86_cpu(tvm_target):
+            with lowering_step("float64 requantization (requant_float)"):
+                mod, _, _ = requant_float.rewrite_requant_chains(mod)
         with lowering_step("legalize/fuse (zero pipeline)"):
             mod = relax.get_pipeline("zero")(mod)
     return mod

@@ -280,15 +280,24 @@ VNNI_DOT_INTRIN = "edgekiln_dot_16x4_u8i8i32_vnni"
 VNNI_LANES = 16  # int32 accumulators per zmm register (output channels / columns per intrinsic)
 VNNI_DEPTH = 4  # uint8 x int8 products summed into each lane (reduction elements per intrinsic)
 
+def is_x86_cpu(target: Target) -> bool:
+    """True for an LLVM target that generates x86 code (without an mtriple: code for this host)."""
+    import platform
+
+    if target.kind.name != "llvm":
+        return False
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    if not mtriple:
+        return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    return mtriple.startswith(("x86_64", "i686", "i386"))
+
+
 def has_avx512_vnni(target: Target) -> bool:
     """True if ``target`` is an x86 LLVM target whose CPU has AVX-512 VNNI (``vpdpbusd zmm``).
 
     Read from the target's mcpu/mattr through LLVM (``znver4``/``znver5``, ``cascadelake``,
     ``icelake-server``, ``sapphirerapids``... have it; ``skylake-avx512`` and AArch64 do not)."""
-    if target.kind.name != "llvm":
-        return False
-    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
-    if mtriple and not mtriple.startswith(("x86_64", "i686", "i386")):
+    if not is_x86_cpu(target):
         return False
     try:
         return bool(codegen.target_has_features("avx512vnni", target)) and vector_bits(target) >= 512
@@ -300,10 +309,7 @@ def has_avx2_int8(target: Target) -> bool:
     """True if ``target`` is an x86 LLVM target with AVX2 but without AVX-512 VNNI: the targets the
     ``vpmaddwd`` int8 rules take (``znver3``, ``haswell``, ``skylake``...; ``skylake-avx512`` too,
     which has AVX2 but no VNNI). VNNI targets are left to the VNNI rules."""
-    if target.kind.name != "llvm" or has_avx512_vnni(target):
-        return False
-    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
-    if mtriple and not mtriple.startswith(("x86_64", "i686", "i386")):
+    if not is_x86_cpu(target) or has_avx512_vnni(target):
         return False
     try:
         return bool(codegen.target_has_features("avx2", target))
