@@ -12,10 +12,15 @@ __all__ = ["quantize_static_qdq"]
 def quantize_static_qdq(path: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
     """``onnxruntime.quantization.quantize_static`` with its usual settings for CPUs: QDQ format,
     per-channel int8 weights, uint8 activations, MinMax calibration on ``calibration`` (the same
-    feeds edgekiln calibrates on). Writes ``out`` and returns it."""
+    feeds edgekiln calibrates on), after ONNX Runtime's recommended pre-processing
+    (``quant_pre_process``: shape inference and graph optimization, which folds BatchNormalization
+    into the convs -- without it the exported CNNs kept float BatchNorm between Dequantize/Quantize
+    pairs and ONNX Runtime int8 spent more than half its time outside the integer convs). Writes
+    ``out`` and returns it."""
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     # quantize_static logs a warning per bias tensor ("Axis 1 is out-of-range ... rank 1"); noise here.
     logging.getLogger().setLevel(logging.ERROR)
@@ -27,8 +32,10 @@ def quantize_static_qdq(path: Path, out: Path, calibration: list[dict[str, np.nd
         def get_next(self):
             return next(self._it, None)
 
+    prepared = out.with_name(out.stem + ".pre.onnx")
+    quant_pre_process(str(path), str(prepared))
     quantize_static(
-        str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
     )
     return out
