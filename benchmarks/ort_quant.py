@@ -33,7 +33,12 @@ def quantize_static_qdq(path: Path, out: Path, calibration: list[dict[str, np.nd
             return next(self._it, None)
 
     prepared = out.with_name(out.stem + ".pre.onnx")
-    quant_pre_process(str(path), str(prepared))
+    try:
+        quant_pre_process(str(path), str(prepared))
+    except AttributeError:
+        # its symbolic shape inference fails on some static exports (the digits CNN: "'NoneType'
+        # object has no attribute 'HasField'"); ONNX's own shape inference still runs without it
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
     quantize_static(
         str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,

@@ -6,7 +6,8 @@ quantization against ONNX Runtime's ``quantize_static``, same calibration data, 
 
 Variants (every one calibrated on the same feeds):
 
-    ort_int8            quantize_static, QDQ, per-channel int8 weights, uint8 activations, MinMax;
+    ort_int8            quant_pre_process + quantize_static, QDQ, per-channel int8 weights, uint8
+                        activations, MinMax;
                         run by ONNX Runtime with its default optimizations (what its users run)
     ours_int8           edgekiln integer-only int8 (min-max observer, nearest rounding)
     ours_int8_gptq      the same with GPTQ weight rounding
