@@ -32,7 +32,7 @@ the q_i are bounded by their 8-bit range, and every term and partial sum is an e
 sum_i max|q_i - zp_i| |M_i| + 2^(S-1) + |zp| 2^S < 2^53 (checked per element; M_i may be negative).
 
 The rewrite is applied per chain only when every channel's constants have exactly this structure
-(S in 1..62, M > 0, R and Z as above) and meet the 2^53 bound (it holds for S <= ~44, i.e. any
+(S in 1..62, 0 < M < 2^30, R and Z as above) and meet the 2^53 bound (it holds for S <= ~44, i.e. any
 realistic requantization scale); any other chain keeps its int64 form. Per 8 outputs the float
 form is ~18 AVX2 instructions (int32 clamps, ``vcvtdq2pd``, ``vfmadd``, ``vroundpd``,
 ``vcvttpd2dq``).
@@ -115,7 +115,9 @@ def float_requant_constants(m, r, s, z, lo: int, hi: int) -> dict[str, np.ndarra
     int32_min, int32_max = -(1 << 31), (1 << 31) - 1
     for index in np.ndindex(shape):
         mi, si, zp = int(m[index]), int(s[index]), int(zps[index])
-        if mi <= 0:  # the clamp needs a non-decreasing f
+        if not 0 < mi < 1 << 30:
+            # M > 0: the clamp needs a non-decreasing f; M < 2^30 (passes/quantize/qparams.py's
+            # range): the int64 chain cannot overflow for any int32 a, so "exact" is for all a
             return None
         half = 1 << (si - 1)
         # smallest a with f(a) + zp >= hi; largest a with f(a) + zp <= lo (f as in the docstring)

@@ -62,6 +62,7 @@ def test_float_form_declines_what_it_cannot_represent():
     assert float_requant_constants(mm, r, ss, z, 0, 255) is not None
     assert float_requant_constants(mm, r + 1, ss, z, 0, 255) is None  # not the emit.py rounding constant
     assert float_requant_constants(-mm, r, ss, z, 0, 255) is None  # a negative multiplier (not monotone)
+    assert float_requant_constants(mm << 2, r, ss, z, 0, 255) is None  # M >= 2^30: the int64 chain could overflow
     big = _emit_constants(np.array([1 << 29]), np.array([52]), 0)  # |A| M ~ 2^60: beyond float64
     assert float_requant_constants(*big, 0, 255) is None
 
