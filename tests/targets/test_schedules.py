@@ -125,6 +125,21 @@ def test_conv2d_direct(k, s, p, f):
     assert all(name.endswith("_prepacked") for name in report.scheduled), report
 
 
+@pytest.mark.parametrize("k,p,c", [(3, 1, 16), (1, 0, 96)], ids=["3x3", "1x1-channels"])
+def test_conv2d_batch_is_exact(k, p, c):
+    """Batch 3: the channels-last copy is made per image, right before that image's tiles."""
+    graph = f"""
+    agraph (float[3, {c}, 12, 12] x) => (float[3, 24, 12, 12] y) {{
+        y = Conv <kernel_shape = [{k}, {k}], pads = [{p}, {p}, {p}, {p}]> (x, w, b)
+    }}
+    """
+    proto = make_model(graph, {"w": (24, c, k, k), "b": (24,)})
+    feeds = feeds_for(proto)
+    outs, report, _ = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    assert list(report.scheduled.values()) == ["conv2d-direct"], report
+
+
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (1, 2, 0), (3, 1, 0)], ids=["padded", "1x1s2-unpadded", "3x3-unpadded"])
 def test_conv2d_reads_channels_last_copy(k, s, p):
     """The direct conv reads its input from a channels-last [n, h, w, c] copy: the padding stage

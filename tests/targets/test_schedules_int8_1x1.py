@@ -40,6 +40,22 @@ def test_conv1x1_pixels_bit_exact(c, h, f, requant):
     assert "vpbroadcastd" in asm  # the int16 weight pair: one 32-bit broadcast
 
 
+def test_conv1x1_pixels_batch_exact():
+    """Batch 3: each image's data pack is made right before its tiles; bit-exact per image."""
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, size=(3, 24, 8, 8)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(40, 24, 1, 1)).astype(np.int8)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), out_dtype="int32")))
+        bb.emit_func_output(gv)
+    y, report, _ = compile_and_run(bb.get(), x, target=avx2_target())
+    assert np.array_equal(y, np.einsum("nchw,fc->nfhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64)).astype(np.int32))
+    assert only_rule(report) == PIXELS
+
+
 def test_conv1x1_pixels_extreme_values_exact():
     """All-255 activations times +-127 weights: vpmaddubsw would saturate every pair sum."""
     rng = np.random.default_rng(3)

@@ -117,8 +117,6 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         for producer in data_producers:
             sch.compute_inline(producer)
         sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // DEPTH, h * OW + w, c % DEPTH))
-        dl = sch.get_loops(dpack)
-        sch.parallel(sch.fuse(dl[0], dl[1]))
 
         acc = sch.cache_write(conv, 0, "local")
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, c * OW + d))
@@ -129,7 +127,15 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         pc, po, pb, pv = sch.split(p, [None, chunk, nb, LANES])
         rco, rci = sch.split(rc, [None, DEPTH])
         sch.reorder(n, pc, fo, po, ry, rx, rco, fi, pb, pv, rci)
-        common.attach_write_back(sch, acc, epilogue, po, [n, pc, fo], N * F * P >= common.MIN_PARALLEL_ELEMENTS)
+        # Batch > 1: images one after the other, each image's data pack made just before its
+        # tiles read it (as in Conv2dInt8AVX2).
+        per_image = N > 1
+        tasks = [pc, fo] if per_image else [n, pc, fo]
+        common.attach_write_back(sch, acc, epilogue, po, tasks, F * P * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS)
+        if per_image:
+            sch.compute_at(dpack, n, preserve_unit_loops=True)
+        dl = sch.get_loops(dpack)[1 if per_image else 0:]  # (n, c/2, p, 2)
+        sch.parallel(dl[1] if per_image else sch.fuse(dl[0], dl[1]))
         init = sch.decompose_reduction(conv, ry)
         init_loops = sch.get_loops(init)
         sch.unroll(init_loops[-3])

@@ -163,9 +163,6 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
             sch.compute_inline(producer)
         sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // depth, h, w, c % depth))
         sch.transform_block_layout(dpack, lambda a, c, h, w: (a, c // depth, h, w, c % depth))
-        dl = sch.get_loops(dpack)
-        sch.parallel(sch.fuse(dl[0], dl[1], dl[2]))
-        sch.unroll(dl[-1])
 
         n, f, y, x, rc, ry, rx = sch.get_loops(conv)
         fo, fb, fi = sch.split(f, [None, nb, lanes])
@@ -180,9 +177,18 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         if epilogue is not None:
             sch.reverse_compute_inline(epilogue)
 
-        outer = sch.fuse(n, fo, y, xo)
-        if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
+        # Batch > 1: images one after the other, each image's data pack made just before its
+        # tiles read it (packing the whole batch first left each image's pack out of cache).
+        per_image = N > 1
+        outer = sch.fuse(fo, y, xo) if per_image else sch.fuse(n, fo, y, xo)
+        if F * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS:
             sch.parallel(outer)
+        if per_image:
+            sch.compute_at(dpack, n, preserve_unit_loops=True)
+        # the pack's loops (n, c/4, h, w, 4), under the image loop when per image (n then unit)
+        dl = sch.get_loops(dpack)[1 if per_image else 0:]
+        sch.parallel(sch.fuse(dl[1], dl[2]) if per_image else sch.fuse(dl[0], dl[1], dl[2]))
+        sch.unroll(dl[-1])
         init = sch.decompose_reduction(conv, rco)
         init_loops = sch.get_loops(init)
         sch.unroll(init_loops[-3])
@@ -199,7 +205,7 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         # @112 of MobileNetV2, 0.6-0.9x on ResNet-18's 3x3 layers). Vectorizing along f instead
         # stores each output byte separately (vpextrb, one channel plane apart); it is kept for
         # narrow tiles (xt = 7: 1.2x slower along x) and the 7x7 stem (1.3x slower along x).
-        _, wn, wf, wy, wx = sch.get_loops(acc)
+        wn, wf, wy, wx = sch.get_loops(acc)[-4:]  # under the task loop (and the image loop)
         if xt >= WRITEBACK_MIN_COLUMNS and KH * KW <= 9:
             sch.reorder(wn, wy, wf, wx)
             sch.unroll(wf)
