@@ -19,11 +19,21 @@ def quantize_static_qdq(path: Path, out: Path, calibration: list[dict[str, np.nd
     ``out`` and returns it."""
     import logging
 
+    # quantize_static logs a warning per bias tensor ("Axis 1 is out-of-range ... rank 1") on the
+    # root logger: noise here. Silenced for this call only -- a root level left at ERROR hides the
+    # warnings other code listens for (compiler passes turn onnx_ir's warnings into errors).
+    root = logging.getLogger()
+    saved_level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return _quantize(path, out, calibration)
+    finally:
+        root.setLevel(saved_level)
+
+
+def _quantize(path: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    # quantize_static logs a warning per bias tensor ("Axis 1 is out-of-range ... rank 1"); noise here.
-    logging.getLogger().setLevel(logging.ERROR)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
