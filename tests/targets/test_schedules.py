@@ -125,6 +125,22 @@ def test_conv2d_direct(k, s, p, f):
     assert all(name.endswith("_prepacked") for name in report.scheduled), report
 
 
+@pytest.mark.parametrize("c,hw,s", [(32, 14, 1), (16, 28, 2)], ids=["dw14", "dw28-s2"])
+def test_channel_blocked_depthwise_batch_is_exact(c, hw, s):
+    """Batch 3 through the channel-blocked depthwise nest (padded copy made per image)."""
+    o = (hw - 1) // s + 1
+    graph = f"""
+    agraph (float[3, {c}, {hw}, {hw}] x) => (float[3, {c}, {o}, {o}] y) {{
+        y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [{s}, {s}], group = {c}> (x, w, b)
+    }}
+    """
+    proto = make_model(graph, {"w": (c, 1, 3, 3), "b": (c,)})
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    assert list(report.scheduled.values()) == ["conv2d-grouped"], report
+
+
 @pytest.mark.parametrize("k,p,c", [(3, 1, 16), (1, 0, 96)], ids=["3x3", "1x1-channels"])
 def test_conv2d_batch_is_exact(k, p, c):
     """Batch 3: the channels-last copy is made per image, right before that image's tiles."""
