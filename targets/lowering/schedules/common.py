@@ -343,9 +343,9 @@ def _dot_desc(lanes: int, depth: int):
 _registered: set[str] = set()
 
 
-def _register_once(name: str, make_impl, lanes: int, depth: int) -> str:
-    """Register intrinsic ``name`` (description :func:`_dot_desc`, implementation ``make_impl()``)
-    once per process, lazily; return its name.
+def _register_once(name: str, make_impl, lanes: int = 0, depth: int = 0, make_desc=None) -> str:
+    """Register intrinsic ``name`` (description ``make_desc()``, by default :func:`_dot_desc` of
+    ``lanes`` x ``depth``; implementation ``make_impl()``) once per process, lazily; return its name.
 
     Only our intrinsics are built; ``tvm.s_tir.tensor_intrin`` (all backends, ~30 s to import on
     this machine, research note B3) is not imported at all."""
@@ -356,7 +356,8 @@ def _register_once(name: str, make_impl, lanes: int, depth: int) -> str:
     try:
         TensorIntrin.get(name)  # registered by an earlier import of this module (reload)
     except Exception:  # noqa: BLE001 - not registered yet
-        TensorIntrin.register(name, _dot_desc(lanes, depth), make_impl())
+        desc = make_desc() if make_desc is not None else _dot_desc(lanes, depth)
+        TensorIntrin.register(name, desc, make_impl())
     _registered.add(name)
     return name
 
@@ -498,17 +499,7 @@ def _pixel_dot_impl():
 
 def register_avx2_pixel_intrinsic() -> str:
     """Register :data:`AVX2_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
-    name = AVX2_PIXEL_DOT_INTRIN
-    if name in _registered:
-        return name
-    from tvm.s_tir import TensorIntrin
-
-    try:
-        TensorIntrin.get(name)
-    except Exception:  # noqa: BLE001 - not registered yet
-        TensorIntrin.register(name, _pixel_dot_desc(), _pixel_dot_impl())
-    _registered.add(name)
-    return name
+    return _register_once(AVX2_PIXEL_DOT_INTRIN, _pixel_dot_impl, make_desc=_pixel_dot_desc)
 
 
 class VNNIDot:

@@ -31,11 +31,9 @@ convs with C % 2 == 0, H*W % 8 == 0, C <= ``MAX_CHANNELS``; anything else goes o
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-
 from targets.lowering.schedules import common
 from targets.lowering.schedules.conv2d import pixel_chunk_vectors
-from targets.lowering.schedules.conv2d_int8 import _operand_reads
+from targets.lowering.schedules.conv2d_int8 import match_int8_conv
 
 # 1x1 convs with at most this many input channels take this rule. Measured on MobileNetV2 (Zen 3,
 # one core): every claimed layer got faster, C = 16 (2.7 -> 1.3 ms) up to C = 192 (0.19 -> 0.16 ms);
@@ -69,17 +67,10 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
     name = "conv1x1-int8-avx2"
 
     def _match_and_schedule(self, func, target):
-        sch = s_tir.Schedule(func)
-        conv = common.find_anchor(sch, ("conv2d_nchw",))
-        if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
+        matched = match_int8_conv(func)
+        if matched is None:
             return None
-        reads = _operand_reads(sch.get(conv))
-        if reads is None:
-            return None
-        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
-        dims = common.extents(sch, [n, f, y, x, rc, ry, rx])
-        if dims is None:
-            return None
+        sch, conv, reads, dims = matched
         N, F, OH, OW, C, KH, KW = dims
         if (KH, KW) != (1, 1) or C % DEPTH or C > MAX_CHANNELS or (OH * OW) % LANES:
             return None

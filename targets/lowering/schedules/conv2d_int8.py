@@ -118,22 +118,31 @@ def _operand_reads(block: tirx.SBlock):
     return idx["data"], idx["weight"]
 
 
+def match_int8_conv(func):
+    """(schedule, conv block, (data, weight) read indices, extents (N, F, OH, OW, C, KH, KW)) of a
+    function whose anchor is a u8 x i8 -> i32 ``conv2d_nchw`` with static extents, else None."""
+    sch = s_tir.Schedule(func)
+    conv = common.find_anchor(sch, ("conv2d_nchw",))
+    if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
+        return None
+    reads = _operand_reads(sch.get(conv))
+    dims = common.extents(sch, sch.get_loops(conv)) if reads is not None else None
+    if dims is None:
+        return None
+    return sch, conv, reads, dims
+
+
 class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
     """u8 x i8 -> i32 NCHW conv2d tensorized with vpdpbusd (see module docstring)."""
 
     name = "conv2d-int8-vnni"
 
     def _match_and_schedule(self, func, target):
-        sch = s_tir.Schedule(func)
-        conv = common.find_anchor(sch, ("conv2d_nchw",))
-        if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
+        matched = match_int8_conv(func)
+        if matched is None:
             return None
-        reads = _operand_reads(sch.get(conv))
-        if reads is None:
-            return None
-        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
-        dims = common.extents(sch, [n, f, y, x, rc, ry, rx])
-        if dims is None or dims[1] % self.lanes or dims[4] % self.depth:
+        sch, conv, reads, dims = matched
+        if dims[1] % self.lanes or dims[4] % self.depth:
             return None
         return self._schedule(sch, func, conv, reads, dims)
 
