@@ -141,7 +141,7 @@ def _call(expr, op_name: str, bindings) -> relax.Call | None:
     return None
 
 
-def _clip_call(expr, kind: str, bindings, mod) -> tuple[relax.Expr, int] | None:
+def _clip_call(expr, kind: str, bindings) -> tuple[relax.Expr, int] | None:
     """(input, bound) of ``maximum(x, c)`` / ``minimum(x, c)`` with a scalar constant ``c``: the
     Relax op, or the ``call_tir`` of the TOPI kernel the ONNX importer emits for Clip."""
     call = _call(expr, f"relax.{kind}", bindings)
@@ -168,7 +168,7 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
-def _match_chain(call: relax.Call, bindings, mod):
+def _match_chain(call: relax.Call, bindings):
     """The parts of one requantizer chain ending in ``call`` (an astype to 8 or 32 bits): the
     int64 product before the rounding add, the constants ``R``, ``S``, ``Z`` and the clip bounds;
     None for anything else."""
@@ -178,8 +178,8 @@ def _match_chain(call: relax.Call, bindings, mod):
     if clip is not None:  # R.clip(x, lo, hi) with immediate bounds
         expr, lo, hi = clip.args[0], int(clip.args[1].value), int(clip.args[2].value)
     else:  # maximum then minimum (the ONNX importer's Clip with constant bounds)
-        clipped = _clip_call(call.args[0], "minimum", bindings, mod)
-        lower_clipped = _clip_call(clipped[0], "maximum", bindings, mod) if clipped is not None else None
+        clipped = _clip_call(call.args[0], "minimum", bindings)
+        lower_clipped = _clip_call(clipped[0], "maximum", bindings) if clipped is not None else None
         if lower_clipped is None:
             return None
         expr, lo, hi = lower_clipped[0], lower_clipped[1], clipped[1]
@@ -249,7 +249,6 @@ def _branch_products(expr, bindings):
 class _RequantRewriter(relax.PyExprMutator):
     def __init__(self, mod, bindings):
         super().__init__(mod)
-        self.mod_ = mod
         self.bindings = bindings
         self.rewritten = 0
         self.kept = 0
@@ -258,7 +257,7 @@ class _RequantRewriter(relax.PyExprMutator):
         # matched on the original call (typed; the chain's vars are looked up in ``bindings``)
         matched = None
         if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype":
-            matched = _match_chain(call, self.bindings, self.mod_)
+            matched = _match_chain(call, self.bindings)
         if matched is None:
             return super().visit_call_(call)
         product, steps, lo, hi = matched

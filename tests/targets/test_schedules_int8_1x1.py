@@ -40,19 +40,28 @@ def test_conv1x1_pixels_bit_exact(c, h, f, requant):
     assert "vpbroadcastd" in asm  # the int16 weight pair: one 32-bit broadcast
 
 
+def _conv1x1_int32(shape, w: np.ndarray):
+    """Relax module: a bare uint8 x int8 -> int32 1x1 conv of an input of ``shape`` with ``w``."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), out_dtype="int32")))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.einsum("nchw,fc->nfhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64))
+
+
 def test_conv1x1_pixels_batch_exact():
     """Batch 3: each image's data pack is made right before its tiles; bit-exact per image."""
     rng = np.random.default_rng(8)
     x = rng.integers(0, 256, size=(3, 24, 8, 8)).astype(np.uint8)
     w = rng.integers(-127, 128, size=(40, 24, 1, 1)).astype(np.int8)
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), out_dtype="int32")))
-        bb.emit_func_output(gv)
-    y, report, _ = compile_and_run(bb.get(), x, target=avx2_target())
-    assert np.array_equal(y, np.einsum("nchw,fc->nfhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64)).astype(np.int32))
+    y, report, _ = compile_and_run(_conv1x1_int32(x.shape, w), x, target=avx2_target())
+    assert np.array_equal(y, _reference(x, w).astype(np.int32))
     assert only_rule(report) == PIXELS
 
 
@@ -62,14 +71,8 @@ def test_conv1x1_pixels_extreme_values_exact():
     x = np.full((1, 64, 8, 8), 255, np.uint8)
     w = np.where(rng.integers(0, 2, size=(32, 64, 1, 1)) == 1, 127, -127).astype(np.int8)
     w[:4] = -127  # channels whose every product is the most negative one
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), out_dtype="int32")))
-        bb.emit_func_output(gv)
-    y, report, _ = compile_and_run(bb.get(), x, target=avx2_target())
-    expect = np.einsum("nchw,fc->nfhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64))
+    y, report, _ = compile_and_run(_conv1x1_int32(x.shape, w), x, target=avx2_target())
+    expect = _reference(x, w)
     assert np.array_equal(y, expect.astype(np.int32))
     assert expect.min() == -64 * 255 * 127
     assert only_rule(report) == PIXELS

@@ -207,20 +207,39 @@ def attach_write_back(sch: s_tir.Schedule, acc, epilogue, tile_loop, task_loops,
     return task
 
 
-def unroll_and_vectorize_tile(sch: s_tir.Schedule, block, unrolled, vector_loop, reduction_loop):
+def compute_per_image(sch: s_tir.Schedule, copy, image_loop, per_image: bool) -> list:
+    """Place the per-call input ``copy`` (padded copy, data pack) of a conv under ``image_loop``
+    when ``per_image`` (batch > 1: each image's copy is made right before that image's tiles read
+    it -- copying the whole batch first left every image's copy out of cache), and return the
+    copy's own loops (n, ...; n of extent 1 when per image) without the image loop."""
+    if per_image:
+        sch.compute_at(copy, image_loop, preserve_unit_loops=True)
+    return sch.get_loops(copy)[1 if per_image else 0 :]
+
+
+def unroll_and_vectorize_tile(sch: s_tir.Schedule, block, unrolled, vector_loop, reduction_loop, intrin: str | None = None):
     """The register-tile micro-kernel's inner loops: unroll ``unrolled`` (the tile's rows and
     vector blocks), vectorize ``vector_loop`` (None: a scalar tile), split the accumulator
-    initialization off above ``reduction_loop`` and give it the same unrolled/vector loops."""
-    for loop in unrolled:
-        sch.unroll(loop)
-    if vector_loop is not None:
-        sch.vectorize(vector_loop)
+    initialization off above ``reduction_loop`` and give it the same unrolled/vector loops.
+
+    With ``intrin`` (the int8 dot-product rules) ``vector_loop`` is tensorized with that
+    intrinsic instead of vectorized; the update loops are unrolled and tensorized after the
+    initialization is split off, since tensorize matches the bare update block."""
+    if intrin is None:
+        for loop in unrolled:
+            sch.unroll(loop)
+        if vector_loop is not None:
+            sch.vectorize(vector_loop)
     init = sch.decompose_reduction(block, reduction_loop)
     init_loops = sch.get_loops(init)
     for loop in init_loops[-1 - len(unrolled) : -1]:
         sch.unroll(loop)
     if vector_loop is not None:
         sch.vectorize(init_loops[-1])
+    if intrin is not None:
+        for loop in unrolled:
+            sch.unroll(loop)
+        sch.tensorize(vector_loop, intrin)
     return init
 
 

@@ -118,23 +118,12 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         pc, po, pb, pv = sch.split(p, [None, chunk, nb, LANES])
         rco, rci = sch.split(rc, [None, DEPTH])
         sch.reorder(n, pc, fo, po, ry, rx, rco, fi, pb, pv, rci)
-        # Batch > 1: images one after the other, each image's data pack made just before its
-        # tiles read it (as in Conv2dInt8AVX2).
-        per_image = N > 1
+        per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
         tasks = [pc, fo] if per_image else [n, pc, fo]
         common.attach_write_back(sch, acc, epilogue, po, tasks, F * P * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS)
-        if per_image:
-            sch.compute_at(dpack, n, preserve_unit_loops=True)
-        dl = sch.get_loops(dpack)[1 if per_image else 0:]  # (n, c/2, p, 2)
+        dl = common.compute_per_image(sch, dpack, n, per_image)  # (n, c/2, p, 2)
         sch.parallel(dl[1] if per_image else sch.fuse(dl[0], dl[1]))
-        init = sch.decompose_reduction(conv, ry)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-3])
-        sch.unroll(init_loops[-2])
-        sch.vectorize(init_loops[-1])
-        sch.unroll(fi)
-        sch.unroll(pb)
-        sch.tensorize(pv, intrin)
+        common.unroll_and_vectorize_tile(sch, conv, [fi, pb], pv, ry, intrin)
         wb = sch.get_loops(acc)
         _, wv = sch.split(wb[-1], [None, LANES])
         sch.vectorize(wv)

@@ -136,10 +136,9 @@ def channels_last_input(sch: s_tir.Schedule, conv, pad, w_idx: int):
     return pad
 
 
-def schedule_relayout(sch: s_tir.Schedule, copy, parallel: bool, skip: int = 0) -> None:
-    """Run the channels-last input copy in parallel over image rows (n, h); ``skip`` outer loops
-    (the image loop the copy was computed under) are left as they are."""
-    loops = sch.get_loops(copy)[skip:]
+def schedule_relayout(sch: s_tir.Schedule, loops, parallel: bool) -> None:
+    """Run the channels-last input copy, whose loops are ``loops`` (n, h, w, c), in parallel over
+    image rows (n, h)."""
     outer = sch.fuse(*loops[:2])
     if parallel:
         sch.parallel(outer)
@@ -209,15 +208,12 @@ class Conv2dDirect(common.ScheduleRule):
         fo, fb, fv = sch.split(f, [None, nb, v])
         xo, xi = sch.split(x, [None, xt])
         sch.reorder(n, fo, *rows, xo, ry, rx, rc, xi, fb, fv)
-        per_image = N > 1
-        # Batch > 1: images one after the other, the channels-last copy of each made just before
-        # its conv reads it; copying the whole batch first left every image's copy out of cache.
+        per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
         task_loops = [fo, *rows, xo] if per_image else [n, fo, *rows, xo]
         common.attach_write_back(sch, acc, epilogue, xo, task_loops, F * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS)
         common.unroll_and_vectorize_tile(sch, conv, [xi, fb], fv if v > 1 else None, ry)
-        if per_image:
-            sch.compute_at(data, n, preserve_unit_loops=True)
-        schedule_relayout(sch, data, C * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS, skip=1 if per_image else 0)
+        loops = common.compute_per_image(sch, data, n, per_image)
+        schedule_relayout(sch, loops, C * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS)
         return sch
 
     @staticmethod

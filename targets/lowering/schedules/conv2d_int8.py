@@ -186,26 +186,14 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         if epilogue is not None:
             sch.reverse_compute_inline(epilogue)
 
-        # Batch > 1: images one after the other, each image's data pack made just before its
-        # tiles read it (packing the whole batch first left each image's pack out of cache).
-        per_image = N > 1
+        per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
         outer = sch.fuse(fo, y, xo) if per_image else sch.fuse(n, fo, y, xo)
         if F * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS:
             sch.parallel(outer)
-        if per_image:
-            sch.compute_at(dpack, n, preserve_unit_loops=True)
-        # the pack's loops (n, c/4, h, w, 4), under the image loop when per image (n then unit)
-        dl = sch.get_loops(dpack)[1 if per_image else 0:]
+        dl = common.compute_per_image(sch, dpack, n, per_image)  # (n, c/4, h, w, 4)
         sch.parallel(sch.fuse(dl[1], dl[2]) if per_image else sch.fuse(dl[0], dl[1], dl[2]))
         sch.unroll(dl[-1])
-        init = sch.decompose_reduction(conv, rco)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-3])
-        sch.unroll(init_loops[-2])
-        sch.vectorize(init_loops[-1])
-        sch.unroll(xi)
-        sch.unroll(fb)
-        sch.tensorize(fi, intrin)
+        common.unroll_and_vectorize_tile(sch, conv, [xi, fb], fi, rco, intrin)
 
         # Write-back + epilogue over the tile, loops (n, f: nb*16, y, x: xt). NCHW output is
         # contiguous along x, so with xt >= 8 columns: f outer (unrolled), x vectorized -- one

@@ -148,9 +148,7 @@ class GroupConv2d(common.ScheduleRule):
         sch.reorder(n, fo, y, xo, rc, ry, rx, xi, fv)
         acc = sch.cache_write(conv, 0, "local")
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
-        # Batch > 1: image by image, each image's padded copy made right before its tiles (the
-        # whole batch's copy first left every image out of cache; as in Conv2dDirect).
-        per_image = N > 1
+        per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
         parallel = F * OH * OW * (1 if per_image else N) >= common.MIN_PARALLEL_ELEMENTS
         common.attach_write_back(sch, acc, epilogue, xo, [fo, y] if per_image else [n, fo, y], parallel)
         sch.unroll(ry)
@@ -159,9 +157,7 @@ class GroupConv2d(common.ScheduleRule):
         write_back = sch.get_loops(acc)
         if xt > 1:
             sch.vectorize(write_back[-1])  # contiguous columns of one output channel
-        if per_image:
-            sch.compute_at(pad, n, preserve_unit_loops=True)
-        pad_loops = sch.get_loops(pad)[1 if per_image else 0:]  # (n, c/V, h, w, V)
+        pad_loops = common.compute_per_image(sch, pad, n, per_image)  # (n, c/V, h, w, V)
         rows = sch.fuse(*pad_loops[1:3]) if per_image else sch.fuse(*pad_loops[:3])
         if parallel:
             sch.parallel(rows)

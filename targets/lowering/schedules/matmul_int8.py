@@ -152,14 +152,7 @@ class MatmulInt8VNNI(common.VNNIDot, common.MatchingRule):
             out_elems *= e
         if out_elems * K >= common.MIN_PARALLEL_ELEMENTS * 16 and out_elems // (mt * nb * lanes) > 1:
             sch.parallel(outer)
-        init = sch.decompose_reduction(mm, ko)
-        init_loops = sch.get_loops(init)
-        sch.unroll(init_loops[-3])
-        sch.unroll(init_loops[-2])
-        sch.vectorize(init_loops[-1])
-        sch.unroll(it)
-        sch.unroll(jb)
-        sch.tensorize(ji, intrin)
+        common.unroll_and_vectorize_tile(sch, mm, [it, jb], ji, ko, intrin)
 
         # Write-back + epilogue: (.., it, j: nb*16) -> j split by 16 and vectorized.
         wl = sch.get_loops(acc)
