@@ -9,6 +9,8 @@ For each model and batch size it measures, in the same process:
     ours_fp32_records  the same with the tuning records shipped in targets/records/ for this
                        machine's cpu target (unavailable when none match its key)
     ours_int8          edgekiln's integer-only artifact (--quantize int8, same calibration inputs)
+    ours_int8_w7       the same with 7-bit weight codes (--quantize int8-w7, ORT's reduce_range):
+                       on x86 CPUs without VNNI its convs run on the exact vpmaddubsw kernel
 
 Each latency is the median of ``runs`` runs after warm-up, the variants timed in alternation (in
 blocks of a few runs) so that load from other processes affects all alike; ratios are against
@@ -31,7 +33,10 @@ from benchmarks.ort_quant import quantize_static_qdq
 from benchmarks.timing import measure_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("onnxruntime_fp32", "onnxruntime_int8", "ours_fp32", "ours_fp32_records", "ours_int8")
+VARIANTS = ("onnxruntime_fp32", "onnxruntime_int8", "ours_fp32", "ours_fp32_records", "ours_int8", "ours_int8_w7")
+
+#: ``compile --quantize`` choice of each quantized variant of ours.
+QUANTIZED_VARIANTS = {"ours_int8": "int8", "ours_int8_w7": "int8-w7"}
 
 
 def model_for(name: str, batch: int) -> Path:
@@ -88,12 +93,12 @@ def _ort_session(path: Path, threads: int):
 
 
 def _compile_ours(path: Path, out: Path, passes: str | None = None, calib: Path | None = None,
-                  records: str | None = None) -> dict:
+                  records: str | None = None, quantize: str = "int8") -> dict:
     cmd = [sys.executable, "-m", "benchmarks.compile_child", str(path), str(out)]
     if passes:
         cmd += ["--passes", passes]
     if calib is not None:
-        cmd += ["--quantize", "int8", "--calib", str(calib)]
+        cmd += ["--quantize", quantize, "--calib", str(calib)]
     if records is not None:
         cmd += ["--tuning-records", records]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -140,11 +145,11 @@ def _prepare(variant: str, path: Path, tmp: Path, feeds, calibration, threads: i
         artifact = load_artifact(tmp / variant)
         info["max_abs_vs_ort"] = compare(artifact.run(feeds), reference_out, "lossy")["max_abs"]
         return (lambda: artifact.run(feeds)), info
-    if variant == "ours_int8":
+    if variant in QUANTIZED_VARIANTS:
         calib = tmp / "calib.npz"
         np.savez(calib, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
-        info = _compile_ours(path, tmp / "ours_int8", calib=calib)
-        artifact = load_artifact(tmp / "ours_int8")
+        info = _compile_ours(path, tmp / variant, calib=calib, quantize=QUANTIZED_VARIANTS[variant])
+        artifact = load_artifact(tmp / variant)
         info["cosine_vs_fp32"] = compare(artifact.run(feeds), reference_out, "lossy")["cosine"]
         return (lambda: artifact.run(feeds)), info
     raise ValueError(f"unknown variant {variant}")

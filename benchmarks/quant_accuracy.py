@@ -11,6 +11,8 @@ Variants (every one calibrated on the same feeds):
                         run by ONNX Runtime with its default optimizations (what its users run)
     ours_int8           edgekiln integer-only int8 (min-max observer, nearest rounding)
     ours_int8_gptq      the same with GPTQ weight rounding
+    ours_int8_w7        7-bit weight codes ([-63, 63], --quantize int8-w7: the fast exact
+                        vpmaddubsw convs on x86 without VNNI), nearest rounding
     ours_int4           4-bit weights, nearest rounding
     ours_int4_gptq      4-bit weights, GPTQ rounding
 
@@ -51,6 +53,7 @@ VARIANTS = {
     "ort_int8": None,
     "ours_int8": "quantize",
     "ours_int8_gptq": "quantize{rounding=gptq}",
+    "ours_int8_w7": "quantize{bits=7}",
     "ours_int4": "quantize{bits=4}",
     "ours_int4_gptq": "quantize{bits=4,rounding=gptq}",
 }

@@ -70,7 +70,7 @@ def default_pipeline(
     in the order prune -> low-rank -> quantize (structure first, so quantization calibrates the
     final graph).
 
-    ``quantize`` is ``None`` or ``"int8"``/``"int4"``; ``output_format`` ``"integer"`` emits the
+    ``quantize`` is ``None`` or ``"int8"``/``"int8-w7"``/``"int4"`` (:data:`QUANTIZE_WEIGHT_BITS`); ``output_format`` ``"integer"`` emits the
     integer-only (HAWQ-V3 dyadic) graph, ``"qdq"`` the QuantizeLinear/DequantizeLinear form that
     ONNX Runtime and TensorRT consume.
     """
@@ -122,15 +122,22 @@ def _compression_spec(prune: float | None, lowrank: str | None) -> str:
     return spec
 
 
+#: ``--quantize`` choices -> weight bits. ``int8-w7`` keeps 8-bit activations with 7-bit weight codes
+#: (ONNX Runtime's ``reduce_range``): on x86 CPUs without VNNI the int8 convs then run on the exact
+#: ``vpmaddubsw`` kernel (schedules.conv2d_int8.Conv2dInt8AVX2Maddubs), for about one bit of weight
+#: precision.
+QUANTIZE_WEIGHT_BITS = {"int8": 8, "int8-w7": 7, "int4": 4}
+
+
 def _quantize_spec(quantize: str | None, output_format: str, observer: str | None, rounding: str | None = None) -> str:
     if quantize is None:
         for flag, value in (("--observer", observer), ("--weight-rounding", rounding)):
             if value:
                 raise OptionError(f"{flag} {value} is a quantization option: add --quantize int8 (or int4)")
         return ""
-    bits = {"int8": 8, "int4": 4}.get(quantize)
+    bits = QUANTIZE_WEIGHT_BITS.get(quantize)
     if bits is None:
-        raise OptionError(f"--quantize {quantize}: expected int8 or int4")
+        raise OptionError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE_WEIGHT_BITS)}")
     if output_format not in ("integer", "qdq"):
         raise OptionError(f"--format {output_format}: expected integer or qdq")
     name = "quantize" if output_format == "integer" else "export-qdq"
@@ -269,7 +276,8 @@ def compile_model(
         lower: build the TVM library (False: ONNX passes and report only).
         measure: time the artifact and ONNX Runtime on this machine for the report.
         force: replace an existing output directory.
-        quantize: ``"int8"`` (or ``"int4"`` weights) appends integer-only quantization to the
+        quantize: ``"int8"`` (or ``"int8-w7"`` / ``"int4"`` weights, :data:`QUANTIZE_WEIGHT_BITS`)
+            appends integer-only quantization to the
             pipeline; needs calibration data. With explicit ``passes`` it is appended to them.
         output_format: ``"integer"`` (integer-only graph) or ``"qdq"`` (Q/DQ pairs for ORT/TensorRT).
         observer: activation range observer for quantization: minmax, percentile or mse.

@@ -18,6 +18,8 @@ examples:
       choose the passes and the calibration data (an .npz of stacked inputs keyed by input name)
   compile model.onnx --quantize int8 --calib calib.npz
       integer-only int8 (HAWQ-V3 dyadic requantization), bit-exact across reference, ORT and TVM
+  compile model.onnx --quantize int8-w7 --calib calib.npz
+      7-bit weight codes: on x86 CPUs without VNNI (AVX2) the int8 convs use vpmaddubsw, still exact
   compile model.onnx --quantize int4 --weight-rounding gptq --calib calib.npz
       4-bit weights whose rounding is chosen per layer on the calibration data (GPTQ)
   compile model.onnx --quantize int8 --budget size=2MB --max-drop 0.5 --calib calib.npz
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval", metavar="NPZ", dest="eval_data", help="held-out inputs plus 'labels' for the accuracy report (default: <model-stem>.eval.npz beside the model, if present)")
     parser.add_argument("--input-shape", metavar="NAME=D0,D1,...", action="append", default=[], help="static shape for an input with symbolic dims (repeatable)")
     quant = parser.add_argument_group("quantization")
-    quant.add_argument("--quantize", choices=["int8", "int4"], help="quantize to an integer-only graph (int8; int4 = 4-bit weights); needs calibration data")
+    quant.add_argument("--quantize", choices=["int8", "int8-w7", "int4"], help="quantize to an integer-only graph (int8; int8-w7 = 7-bit weights, ONNX Runtime's reduce_range: exact and faster int8 convs on x86 CPUs without VNNI; int4 = 4-bit weights); needs calibration data")
     quant.add_argument("--format", dest="output_format", choices=["integer", "qdq"], default="integer", help="integer: integer-only HAWQ-V3 graph (default); qdq: QuantizeLinear/DequantizeLinear pairs for ONNX Runtime / TensorRT")
     quant.add_argument("--budget", metavar="KIND=VALUE", action="append", default=[], help="mixed precision: per-layer 8/4-bit widths chosen by an ILP under size=2MB, latency=0.7x (vs int8) or bops=1G (repeatable)")
     quant.add_argument("--max-drop", metavar="POINTS", type=float, help="mixed precision: allowed top-1 agreement drop vs fp32 (points); sensitive layers are raised until it holds")

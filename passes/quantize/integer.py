@@ -74,6 +74,7 @@ from passes.quantize.qparams import (
     quantize_bias,
     WEIGHT_ZERO_POINT_U8,
     quantize_weight,
+    WEIGHT_BITS,
     weight_qmax,
     shared_shift_multipliers,
 )
@@ -124,8 +125,8 @@ def island_reason(node: Node) -> str:
 
 def check_quantize_options(bits: int, observer: str, percentile: float, activations: str, ctx: CompileContext) -> None:
     """Reject bad options and targets that cannot run int8 (one line, naming the option)."""
-    if bits not in (4, 8):
-        raise ValueError(f"option bits={bits}: weights are quantized to 8 or 4 bits")
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"option bits={bits}: weights are quantized to 8, 7 or 4 bits")
     if observer not in OBSERVERS:
         raise ValueError(f"option observer={observer}: known observers are {', '.join(OBSERVERS)}")
     if not 50.0 < percentile <= 100.0:
@@ -757,8 +758,10 @@ class QuantizeIntegerPass(Pass):
     """Calibrate on ``ctx.calibration`` and rewrite into the integer-only form (HAWQ-V3, dyadic).
 
     Options:
-        bits: weight bits, 8 (codes in [-127, 127]) or 4 ([-7, 7]); stored offset-binary uint8
-            (+128, zero point 128) next to uint8 activations, int8 next to int8 ones.
+        bits: weight bits, 8 (codes in [-127, 127]), 7 ([-63, 63]: ONNX Runtime's reduce_range;
+            the int8 convs on x86 CPUs without VNNI then run on the faster, still exact
+            ``vpmaddubsw`` kernel) or 4 ([-7, 7]); stored offset-binary uint8 (+128, zero point
+            128) next to uint8 activations, int8 next to int8 ones.
         observer: activation range observer, ``minmax`` | ``percentile`` | ``mse``.
         percentile: for ``observer=percentile``, the upper percentile (lower is 100 - p).
         activations: ``uint8`` (asymmetric, default) or ``int8`` (symmetric).

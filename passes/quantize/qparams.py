@@ -9,8 +9,10 @@ Conventions (see the package docstring for the graph form):
   returns float32-representable scales and later math (bias, dyadic) starts from those exact values.
 * activations: uint8 asymmetric (zero point in [0, 255]) or int8 symmetric (zero point 0,
   range [-127, 127]); the range always contains 0 so that real 0 (padding, ReLU) is exact.
-* weights: symmetric per output channel, int8 in [-127, 127] (8 bits) or [-7, 7] (4 bits, still
-  stored in int8); never -128, so u8 x s8 pairwise sums in VNNI's vpdpbusd cannot saturate.
+* weights: symmetric per output channel, int8 in [-127, 127] (8 bits), [-63, 63] (7 bits, ONNX
+  Runtime's ``reduce_range``) or [-7, 7] (4 bits), all stored in int8; never -128, so u8 x s8
+  pairwise sums in VNNI's vpdpbusd cannot saturate. 7-bit codes also keep AVX2's ``vpmaddubsw``
+  exact (255 * (63 + 63) < 2^15), which the int8 conv kernels for x86 CPUs without VNNI use.
 * bias: int32 = round(b / (s_in * s_w[c])), zero point 0: it adds directly to the int32 accumulator.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "dyadic_array",
     "quantize_bias",
     "quantize_weight",
+    "WEIGHT_BITS",
     "weight_qmax",
 ]
 
@@ -104,10 +107,15 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> Activation
 WEIGHT_ZERO_POINT_U8 = 128
 
 
+#: Weight bit widths the quantizer produces.
+WEIGHT_BITS = (8, 7, 4)
+
+
 def weight_qmax(bits: int) -> int:
-    """Largest symmetric weight code: 127 for 8 bits, 7 for 4 bits (never the asymmetric -2^(b-1))."""
-    if bits not in (4, 8):
-        raise ValueError(f"weight bits must be 4 or 8, got {bits}")
+    """Largest symmetric weight code: 127 for 8 bits, 63 for 7, 7 for 4 (never the asymmetric
+    -2^(b-1))."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be 8, 7 or 4, got {bits}")
     return (1 << (bits - 1)) - 1
 
 

@@ -49,19 +49,32 @@ def test_digits_int8_is_integer_only_bit_exact_and_accurate(tmp_path):
     assert np.array_equal(got[0], run_reference(model, {"x": x})[0])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
-def test_zoo_cnn_int8_bit_exact_reference_ort_tvm(name, tmp_path):
+@pytest.mark.parametrize("name,quantize", [("resnet18", "int8"), ("mobilenetv2", "int8"),
+                                           ("resnet18", "int8-w7"), ("mobilenetv2", "int8-w7")])
+def test_zoo_cnn_int8_bit_exact_reference_ort_tvm(name, quantize, tmp_path):
+    """Reference == ORT == TVM on the zoo CNNs; with 7-bit weights (int8-w7) on an AVX2 host
+    without VNNI most convs run on the vpmaddubsw rule, still bit-exact."""
     from tests.data.make_models import model_path
 
     path = model_path(name)
     rng = np.random.default_rng(0)
     calibration = [{"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(4)]
-    result = compile_model(path, output=tmp_path / name, quantize="int8", calibration=calibration,
+    result = compile_model(path, output=tmp_path / name, quantize=quantize, calibration=calibration,
                            measure=False, verify=False)
     exact = result.report["summary"]["verification"]["integer_bit_exact"]
     assert exact["passed"] is True, exact
     stats = next(p["stats"] for p in result.report["passes"] if p["name"] == "quantize")
     assert stats["islands"] == 0 and stats["integer_layers"] > 10
+    rules = list(result.report["lowering"]["scheduled"].values())
+    if _host_avx2_without_vnni():
+        maddubs = rules.count("conv2d-int8-avx2-maddubs")
+        assert (maddubs >= 15) if quantize == "int8-w7" else (maddubs == 0), rules
+
+
+def _host_avx2_without_vnni() -> bool:
+    from tests.targets.test_schedules_int8 import HOST_VNNI, _host_has_avx2
+
+    return _host_has_avx2() and not HOST_VNNI
 
 
 def test_qdq_format_compiles_and_runs(tmp_path):

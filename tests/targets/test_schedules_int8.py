@@ -94,12 +94,13 @@ def _requant_reference(acc: np.ndarray, axis: int, zp_out: int, lo: int, hi: int
 # --- models and references --------------------------------------------------------------------------
 
 
-def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0):
-    """(Relax module, input, int64-reference output) for conv2d + bias [+ requant]."""
+def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0, weight_bound=127):
+    """(Relax module, input, int64-reference output) for conv2d + bias [+ requant], weights drawn
+    from [-weight_bound, weight_bound]."""
     rng = np.random.default_rng(seed)
     lo, hi = (0, 255) if data_dtype == "uint8" else (-128, 127)
     x = rng.integers(lo, hi + 1, size=(1, c, h, h)).astype(data_dtype)
-    w = rng.integers(-127, 128, size=(f, c, k, k)).astype(np.int8)
+    w = rng.integers(-weight_bound, weight_bound + 1, size=(f, c, k, k)).astype(np.int8)
     bias = rng.integers(-20000, 20000, size=f).astype(np.int32)
 
     bb = relax.BlockBuilder()

@@ -295,7 +295,7 @@ def test_record_with_avx2_intrinsic_applies_in_a_fresh_process(tmp_path):
     ((gvar, func),) = [(g, f) for g, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     workload_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     sch = conv2d_int8.Conv2dInt8AVX2().apply(workload_mod["main"], target)
-    assert sch is not None and common.AVX2_DOT_INTRIN in str(sch.trace)
+    assert sch is not None and common.AVX2_WIDE_DOT_INTRIN in str(sch.trace)
 
     records = tmp_path / tuning.record_key(target)
     records.mkdir()

@@ -6,6 +6,10 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
 
     conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
+    conv2d_int8.Conv2dInt8AVX2Maddubs
+                                 conv2d_nchw uint8 x int8 -> int32 on AVX2 without VNNI whose
+                                 constant weight is within +-64 (7-bit codes; vpmaddubsw, exact),
+                                 except 1x1 convs with C < 2F that the next rule takes
     conv1x1_int8.Conv1x1Int8PixelsAVX2
                                  1x1 stride-1 conv uint8 x int8 -> int32 with few input channels
                                  on AVX2 without VNNI, vectorized along pixels (vpmaddwd)
@@ -19,6 +23,11 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
     pool.MaxPool                 max pooling of any other dtype (fp32)
     reduction.RowReduction       pooling, mean, softmax, layernorm, sums (reduce + elementwise)
     injective.Injective          elementwise / broadcast / transpose / reshape / gather
+
+Rules see the value range of integer constants passed to a function: ``attach_constant_ranges``
+sets ``common.CONSTANT_RANGES_ATTR`` on each PrimFunc before the rules run (read with
+``common.constant_param_range``), so a rule can claim only functions whose weights keep an
+instruction exact (the ``vpmaddubsw`` rule).
 
 Functions that already carry ``tirx.is_scheduled`` (e.g. applied from a MetaSchedule database) are
 left alone and not reported. Rules that pack constant weights mark the packing block as a
@@ -47,7 +56,7 @@ def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2
     from targets.lowering.schedules.conv2d import Conv2dDirect
-    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8VNNI
+    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8AVX2Maddubs, Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
     from targets.lowering.schedules.depthwise_int8 import DepthwiseInt8
     from targets.lowering.schedules.injective import Injective
@@ -63,7 +72,8 @@ def default_rules() -> list[ScheduleRule]:
     # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
-        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(), MatmulInt8AVX2(),
+        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(),
+        MatmulInt8AVX2(),
         DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]
@@ -74,11 +84,63 @@ def _is_scheduled(func) -> bool:
     return attrs is not None and "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])
 
 
+def constant_ranges(mod) -> dict[str, dict[int, tuple[int, int]]]:
+    """{PrimFunc name: {parameter index: (min, max)}} of the integer constant arguments of
+    every ``call_tir`` in ``mod``'s Relax functions. A function called from several sites gets the
+    union of their ranges, and a parameter that is not a constant at every site gets none, so a
+    range holds for every call."""
+    from tvm import ir, relax
+
+    call_tir = ir.Op.get("relax.call_tir")
+    seen: dict[str, dict[int, tuple[int, int] | None]] = {}
+
+    def visit(call):
+        if not isinstance(call, relax.Call) or not call.op.same_as(call_tir):
+            return
+        callee, args = call.args[0], call.args[1]
+        fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
+        entry = seen.setdefault(callee.name_hint, {})
+        for index, arg in enumerate(fields):
+            value = None
+            if isinstance(arg, ir.expr.Constant):
+                # a tensor constant holds ``data`` (relax.const gives a GenericConst with ``value``)
+                data = (arg.data if hasattr(arg, "data") else arg.value).numpy()
+                if data.dtype.kind in "iu" and data.size:
+                    value = (int(data.min()), int(data.max()))
+            if index in entry and (entry[index] is None or value is None):
+                entry[index] = None
+            elif index in entry:
+                entry[index] = (min(entry[index][0], value[0]), max(entry[index][1], value[1]))
+            else:
+                entry[index] = value
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return {name: {i: r for i, r in params.items() if r is not None} for name, params in seen.items()}
+
+
+def attach_constant_ranges(mod):
+    """Set ``common.CONSTANT_RANGES_ATTR`` ([[index, min, max], ...]) on every PrimFunc of ``mod``
+    that receives integer constants (see :func:`constant_ranges`)."""
+    from tvm import tirx
+
+    from targets.lowering.schedules.common import CONSTANT_RANGES_ATTR
+
+    ranges = constant_ranges(mod)
+    for gvar, func in list(mod.functions_items()):
+        params = ranges.get(gvar.name_hint)
+        if isinstance(func, tirx.PrimFunc) and params:
+            mod[gvar] = func.with_attr(CONSTANT_RANGES_ATTR, [[i, lo, hi] for i, (lo, hi) in sorted(params.items())])
+    return mod
+
+
 def _schedule_functions(mod, target, rules, report: ScheduleReport):
     """Apply the first matching rule to every unscheduled PrimFunc of ``mod``; fill ``report``."""
     from tvm import tirx
 
     updates = {}
+    mod = attach_constant_ranges(mod)
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
             continue

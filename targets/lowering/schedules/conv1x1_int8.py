@@ -61,6 +61,18 @@ def choose_tile(pixel_vectors: int, out_channels: int, max_accumulators: int = 8
     return (best[1], best[2]) if best is not None else (1, 1)
 
 
+def takes(sch, conv, reads, dims) -> bool:
+    """True if this rule claims the matched int8 conv (``match_int8_conv``'s result): 1x1, stride
+    1, no padding, C % 2 == 0, C <= MAX_CHANNELS and H*W % 8 == 0."""
+    N, F, OH, OW, C, KH, KW = dims
+    if (KH, KW) != (1, 1) or C % DEPTH or C > MAX_CHANNELS or (OH * OW) % LANES:
+        return False
+    # A 1x1 kernel whose (padded) input image is as large as the output: stride 1 and no padding
+    # (any stride > 1 or pad would make the image and the output differ).
+    data = sch.get(conv).reads[reads[0]].source
+    return [int(d) for d in data.shape[2:]] == [OH, OW]
+
+
 class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
     """u8 x i8 -> i32 1x1 stride-1 conv on AVX2, vectorized along pixels (module docstring)."""
 
@@ -68,17 +80,9 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
     def _match_and_schedule(self, func, target):
         matched = match_int8_conv(func)
-        if matched is None:
+        if matched is None or not takes(*matched):
             return None
         sch, conv, reads, dims = matched
-        N, F, OH, OW, C, KH, KW = dims
-        if (KH, KW) != (1, 1) or C % DEPTH or C > MAX_CHANNELS or (OH * OW) % LANES:
-            return None
-        # A 1x1 kernel whose (padded) input image is as large as the output: stride 1 and no
-        # padding (any stride > 1 or pad would make the image and the output differ).
-        data = sch.get(conv).reads[reads[0]].source
-        if [int(d) for d in data.shape[2:]] != [OH, OW]:
-            return None
         return self._schedule(sch, func, conv, reads, dims)
 
     def _schedule(self, sch, func, conv, reads, dims):

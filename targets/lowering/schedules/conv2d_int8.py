@@ -1,5 +1,6 @@
 """NCHW conv2d uint8 x int8 -> int32 with AVX-512 VNNI (``vpdpbusd``) or, on AVX2 CPUs without
-VNNI, with ``vpmaddwd`` (``Conv2dInt8AVX2``, end of this docstring), groups == 1.
+VNNI, with ``vpmaddwd`` (``Conv2dInt8AVX2``) or, for weights within +-64, ``vpmaddubsw``
+(``Conv2dInt8AVX2Maddubs``; both at the end of this docstring), groups == 1.
 
 Claims ``conv2d_nchw`` blocks whose update is ``acc += int32(data_u8) * int32(weight_i8)`` with an
 int32 accumulator (what ``relax.op.nn.conv2d(x_u8, w_i8, out_dtype="int32")`` and the integer-only
@@ -45,22 +46,35 @@ targets/lowering/integer_ops.py therefore pads the input channels of constant-we
 multiple of 4, x with its zero point and w with zeros, exact, so the integer-only stem conv is
 claimed here); F % 16 != 0 (MobileNetV2's 24-channel projections go to ``Conv2dDirect``); targets without AVX-512 VNNI (the
 AVX-512BW ``vpmaddubsw`` route saturates its int16 pair sums, 2 * 255 * 127 > 32767, so it is not
-bit-exact for arbitrary uint8 activations and is deliberately not used; AVX2 targets get
-``Conv2dInt8AVX2``).
+bit-exact for arbitrary weights and not used for them; AVX2 targets get ``Conv2dInt8AVX2``, or
+``Conv2dInt8AVX2Maddubs`` for weights proven within +-64).
 
 ``Conv2dInt8AVX2`` (x86 with AVX2, without AVX-512 VNNI: Zen 3, Haswell..Skylake, skylake-avx512)
-is the same loop nest with an 8-lane x 2-deep dot product (common.AVX2_DOT_INTRIN): the data pack
-is NCHW2c (2 input channels of a pixel = one 16-bit word, broadcast with ``vpbroadcastw`` and
-zero-extended to int16 with ``vpmovzxbw``), the weight pack [F/8, C/2, KH, KW, 8, 2] stays int8 in
-memory (16 bytes) and is sign-extended in the kernel (``vpmovsxbw``, hoisted by LLVM across the xt
-columns), and ``vpmaddwd`` + ``vpaddd`` accumulate exactly in int32 (16 multiply-adds per
-instruction pair vs 8 for an fp32 FMA). At most ``AVX2_MAX_ACCUMULATORS`` = 8 int32x8
-accumulators (16 ymm registers). Measured on Zen 3, 1 thread, ms for the 64->64 3x3 @56 / the
-7x7 s2 stem @224 (C = 4): nb x xt = 2x4 (chosen) 2.39 / 3.51, 4x2 2.33 / 3.71, 2x7 (14
-accumulators) 2.35 / 4.13, 1x8 2.62 / 5.73; ONNX Runtime fp32 2.6 / 3.0. Broadcasting the two
-activation bytes as a word (vpbroadcastw + vpmovzxbw) instead of zero-extending them to an int32
-first (movzwl, vmovd, vpmovzxbw, vpbroadcastd) took the stem from 4.8 to 3.5 ms. Needs C % 2 == 0 and F % 8 == 0; anything else (C = 3 without the ConvInteger channel
-pad, F = 12, int8 activations) falls through to ``Conv2dDirect``.
+is the same loop nest with an 8-lane x 2-deep dot product on int16 operands
+(common.AVX2_WIDE_DOT_INTRIN): the data pack is NCHW2c written as int16 per call (``unsafe_set_dtype``
+of the pack: each uint8 widened once), so a pixel's two channels are one 32-bit word broadcast
+straight from memory (``vpbroadcastd``); the weight pack [F/8, C/2, KH, KW, 8, 2] is int16 at
+compile time; ``vpmaddwd`` + ``vpaddd`` accumulate exactly in int32 (16 multiply-adds per
+instruction pair vs 8 for an fp32 FMA). At most ``AVX2_MAX_ACCUMULATORS`` = 8 int32x8 accumulators
+(16 ymm registers); nb x xt = 2x4 (or 1x7 on 7-wide images). Before the widening the kernel
+zero-extended the activation pair (vpbroadcastw + vpmovzxbw) and sign-extended the weights
+(vpmovsxbw) itself; those shuffles shared Zen 3's two shuffle pipes and capped the kernel.
+Measured on Zen 3, 1 thread, ms, byte kernel -> int16 packs (ONNX Runtime's exact u8 x u8
+QLinearConv / its saturating u8 x s8): 64->64 3x3 @56 2.45 -> 2.04 (2.01 / 1.76), 128->128 @28
+2.20 -> 1.79 (1.78 / 1.27), 256->256 @14 2.03 -> 1.77 (1.74 / 1.25), 512->512 @7 2.25 -> 1.62
+(1.72 / 1.29), the 7x7 s2 stem (C = 4) 3.91 -> 3.44. Needs C % 2 == 0 and F % 8 == 0; anything
+else (C = 3 without the ConvInteger channel pad, F = 12, int8 activations) falls through to
+``Conv2dDirect``.
+
+``Conv2dInt8AVX2Maddubs`` (same targets) takes the convs whose constant weight lies within +-64
+(7-bit codes: ``--quantize int8-w7``) with the VNNI nest at 8 lanes x 4 deep: NCHW4c uint8 data
+pack, weights [F/8, C/4, KH, KW, 8, 4] int8, ``vpmaddubsw`` (32 u8 x s8 products summed pairwise
+into int16) + ``vpmaddwd`` by ones + ``vpaddd`` (common.AVX2_MADDUBS_DOT_INTRIN). The int16 pair
+sums saturate only beyond 255 * 128, so with such weights the kernel is exact; the weight range is
+read off the constant (``common.constant_param_range``), never assumed. Same layers, ms: 1.88,
+1.54, 1.42, 1.33 (64..512 channels; the saturating ONNX Runtime kernel 1.76, 1.27, 1.25, 1.29); the
+stem is unchanged (3.41). 1x1 convs with C < 2F that ``Conv1x1Int8PixelsAVX2`` takes stay there
+(its pixel-vectorized write-back wins for few input channels).
 """
 
 from __future__ import annotations
@@ -162,7 +176,7 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         epilogue = common.fuse_epilogue(sch, conv)
 
         # Weight: [F, C, KH, KW] -> [F/16, C/4, KH, KW, 16, 4] (compile time for constants).
-        common.pack_operand(
+        wpack = common.pack_operand(
             sch, func, conv, weight_idx,
             lambda o, i, h, w: (o // lanes, i // depth, h, w, o % lanes, i % depth),
         )
@@ -172,6 +186,9 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
             sch.compute_inline(producer)
         sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // depth, h, w, c % depth))
         sch.transform_block_layout(dpack, lambda a, c, h, w: (a, c // depth, h, w, c % depth))
+        if self.widen_operands:  # AVX2: both packs int16 (common.AVX2_WIDE_DOT_INTRIN)
+            sch.unsafe_set_dtype(wpack, 0, "int16")
+            sch.unsafe_set_dtype(dpack, 0, "int16")
 
         n, f, y, x, rc, ry, rx = sch.get_loops(conv)
         fo, fb, fi = sch.split(f, [None, nb, lanes])
@@ -215,11 +232,43 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         return sch
 
 
-class Conv2dInt8AVX2(common.AVX2Dot, Conv2dInt8VNNI):
+class Conv2dInt8AVX2(common.AVX2WideDot, Conv2dInt8VNNI):
     """u8 x i8 -> i32 NCHW conv2d on AVX2 without VNNI: the same loop nest with an 8x2 ``vpmaddwd``
-    dot product (common.AVX2_DOT_INTRIN) instead of vpdpbusd -- NCHW2c data pack, weights packed
-    [F/8, C/2, KH, KW, 8, 2] int8 and sign-extended in the kernel (vpmovsxbw). Needs C % 2 == 0 and
-    F % 8 == 0 (else ``Conv2dDirect``); AVX2's 16 ymm registers allow at most
+    dot product (common.AVX2_WIDE_DOT_INTRIN) instead of vpdpbusd -- NCHW2c data pack written as
+    int16 per call, weights packed [F/8, C/2, KH, KW, 8, 2] int16 at compile time. Needs C % 2 == 0
+    and F % 8 == 0 (else ``Conv2dDirect``); AVX2's 16 ymm registers allow at most
     ``AVX2_MAX_ACCUMULATORS`` accumulators per tile."""
 
     name = "conv2d-int8-avx2"
+
+
+class Conv2dInt8AVX2Maddubs(common.AVX2MaddubsDot, Conv2dInt8VNNI):
+    """u8 x i8 -> i32 NCHW conv2d on AVX2 without VNNI whose constant weight lies within
+    +-``common.WEIGHT_BOUND_MADDUBS`` (7-bit codes, ``quantize{bits=7}``): the VNNI loop nest at 8
+    lanes x 4 deep with ``vpmaddubsw`` + ``vpmaddwd`` (common.AVX2_MADDUBS_DOT_INTRIN), exact for
+    such weights (see there). NCHW4c uint8 data pack, weights [F/8, C/4, KH, KW, 8, 4] int8. Needs
+    C % 4 == 0, F % 8 == 0 and the weight's range attached by ``schedules.attach_constant_ranges``;
+    any other conv goes to ``Conv2dInt8AVX2``."""
+
+    name = "conv2d-int8-avx2-maddubs"
+
+    def _match_and_schedule(self, func, target):
+        matched = match_int8_conv(func)
+        if matched is None:
+            return None
+        sch, conv, reads, dims = matched
+        weight = sch.get(conv).reads[reads[1]].source
+        bounds = common.constant_param_range(func, weight)
+        if bounds is None or max(-bounds[0], bounds[1]) > common.WEIGHT_BOUND_MADDUBS:
+            return None
+        if dims[1] % self.lanes or dims[4] % self.depth:
+            return None
+        # 1x1 convs with fewer input than twice the output channels (MobileNetV2's expansions)
+        # run faster on the pixel-vectorized rule, which this rule precedes: measured on Zen 3,
+        # 16->96 @112 1.12 ms there vs 3.01 here, 64->64 @56 0.41 vs 0.60; the projections
+        # (96->24, 144->24, 192->32) 0.74 -> 0.56 ms here.
+        from targets.lowering.schedules import conv1x1_int8  # imports this module
+
+        if dims[4] < 2 * dims[1] and conv1x1_int8.takes(sch, conv, reads, dims):
+            return None
+        return self._schedule(sch, func, conv, reads, dims)

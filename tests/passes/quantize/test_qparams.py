@@ -17,6 +17,7 @@ from passes.quantize.qparams import (
     quantize_bias,
     quantize_weight,
     shared_shift_multipliers,
+    weight_qmax,
 )
 
 
@@ -78,6 +79,19 @@ def test_weights_symmetric_per_channel_never_minus_128() -> None:
     np.testing.assert_allclose(q * scales[:, None, None, None], w, atol=float(scales.max()) / 2 + 1e-7)
     q4, s4 = quantize_weight(w.reshape(6, -1).T, axis=1, bits=4)  # [K, N] layout, channels on axis 1
     assert q4.min() >= -7 and q4.max() <= 7 and s4.shape == (6,)
+
+
+def test_seven_bit_weights_reach_63_and_keep_vpmaddubsw_exact() -> None:
+    """bits=7 (ORT's reduce_range): codes in [-63, 63], every live channel reaches |63|, so a pair
+    of products with uint8 activations is at most 255 * 126 < 2^15 (vpmaddubsw cannot saturate)."""
+    w = np.random.default_rng(4).standard_normal((5, 8, 3, 3))
+    q, scales = quantize_weight(w, axis=0, bits=7)
+    assert q.min() >= -63 and q.max() <= 63
+    assert np.all(np.abs(q).reshape(5, -1).max(axis=1) == 63)
+    assert 255 * 2 * 63 < 2**15 and weight_qmax(7) == 63
+    np.testing.assert_allclose(q * scales[:, None, None, None], w, atol=float(scales.max()) / 2 + 1e-7)
+    with pytest.raises(ValueError, match="8, 7 or 4"):
+        weight_qmax(6)
 
 
 def test_bias_rounds_to_the_accumulator_scale() -> None:

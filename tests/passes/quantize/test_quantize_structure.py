@@ -149,6 +149,18 @@ def test_torch_cnn_batched_calibration() -> None:
     assert QuantizeIntegerPass.preserves <= facts_holding(model)  # canonical facts survive the rewrite
 
 
+def test_seven_bit_weights_option() -> None:
+    """quantize{bits=7} (``--quantize int8-w7``): the same integer-only form with every weight code
+    in [-63, 63] (each layer reaches 63), still runnable and exact in ONNX Runtime."""
+    model = torch_cnn_model()
+    record = _quantize(model, [digits_feeds()], spec="quantize{bits=7}")
+    codes = list(weight_codes(model).values())
+    assert len(codes) == 2 and record.stats["islands"] == 0
+    assert all(c.min() >= -63 and c.max() <= 63 and np.abs(c).max() == 63 for c in codes)
+    assert any("int7" in note for note in record.notes)
+    assert check_integer_only(model) == []
+
+
 def test_symbolic_batch_fixed_by_the_frontend() -> None:
     model = model_from_text(
         OPSET + "g (float[N,3,6,6] x) => (float[N,2] y) { c = Conv (x, w, b)\n r = Relu (c)\n p = GlobalAveragePool (r)\n y = Flatten (p) }",
@@ -184,6 +196,8 @@ def test_errors_name_the_problem() -> None:
         Pipeline.parse("canonicalize,quantize").run(model, CompileContext(target=NoInt8(), calibration=_calibration((1, 3))))
     with pytest.raises(PassFailedError, match="observer"):
         Pipeline.parse("canonicalize,quantize{observer=entropy}").run(model, CompileContext(calibration=_calibration((1, 3))))
+    with pytest.raises(PassFailedError, match="bits=6"):
+        Pipeline.parse("canonicalize,quantize{bits=6}").run(model, CompileContext(calibration=_calibration((1, 3))))
 
 
 def test_spec_text_round_trips() -> None:

@@ -1,0 +1,149 @@
+"""The vpmaddubsw int8 conv rule (conv2d_int8.Conv2dInt8AVX2Maddubs) and the constant ranges it
+reads (schedules.constant_ranges / attach_constant_ranges), on AVX2 without VNNI.
+
+The rule may claim a conv only when its constant weight lies within +-64, where vpmaddubsw's
+saturating int16 pair sums are exact for any uint8 activations. Numeric cases compile for this
+host's CPU when it is an AVX2 CPU without VNNI, else for ``haswell``, and compare bit for bit with
+a numpy int64 reference, including the worst case (all-255 activations x weights of +-64, every
+pair sum at 255 * 128 = 32640, 127 below saturation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.tvm
+
+from tvm import relax  # noqa: E402
+
+from targets.lowering.schedules import common, constant_ranges, conv1x1_int8, conv2d_int8  # noqa: E402
+from tests.targets.test_schedules_int8 import _host_has_avx2, compile_and_run, conv_case, only_rule  # noqa: E402
+from tests.targets.test_schedules_int8_avx2 import avx2_target  # noqa: E402
+
+if not _host_has_avx2():
+    pytest.skip("host CPU has no AVX2", allow_module_level=True)
+
+MADDUBS = conv2d_int8.Conv2dInt8AVX2Maddubs.name
+WIDE = conv2d_int8.Conv2dInt8AVX2.name
+PIXELS = conv1x1_int8.Conv1x1Int8PixelsAVX2.name
+
+
+@pytest.mark.parametrize(
+    "c,h,f,k,stride,pad",
+    [(16, 12, 32, 3, 1, 1), (4, 22, 64, 7, 2, 3), (16, 13, 32, 3, 2, 1), (64, 7, 16, 1, 1, 0), (96, 8, 24, 1, 1, 0)],
+    ids=["3x3s1p1", "7x7s2p3-stem", "3x3s2p1", "1x1-7x7-image", "1x1-projection"],
+)
+def test_maddubs_conv_bit_exact_for_seven_bit_weights(c, h, f, k, stride, pad):
+    mod, x, ref = conv_case(c, h, f, k, stride, pad, True, seed=5, weight_bound=63)
+    y, report, asm = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == MADDUBS
+    assert "vpmaddubsw" in asm and "vpdpbusd" not in asm
+
+
+def _bare_conv(x: np.ndarray, w: np.ndarray, pad: int):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), padding=pad, out_dtype="int32")))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def _reference(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k, oh = w.shape[2], x.shape[2] + 2 * pad - w.shape[2] + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, oh), np.int64)
+    for i in range(k):
+        for j in range(k):
+            out += np.einsum("nchw,fc->nfhw", xp[:, :, i : i + oh, j : j + oh], w[:, :, i, j].astype(np.int64))
+    return out
+
+
+@pytest.mark.parametrize("bound,rule", [(64, MADDUBS), (65, WIDE)])
+def test_worst_case_pair_sums_and_the_bound(bound, rule):
+    """All-255 activations with same-sign weight pairs of +-``bound``: at 64 every vpmaddubsw pair
+    sum is 255 * 128 = 32640 (exact, the rule claims); at 65 it would be 33150 > 32767, so the
+    rule declines and the int16 vpmaddwd rule computes it, exact as well."""
+    rng = np.random.default_rng(3)
+    x = np.full((1, 16, 8, 8), 255, np.uint8)
+    w = np.where(rng.integers(0, 2, size=(16, 16, 3, 3)) == 1, bound, -bound).astype(np.int8)
+    w[:, 0:2] = bound  # channel pair (0, 1): both positive in every filter, the saturating case
+    w[:4] = -bound
+    y, report, asm = compile_and_run(_bare_conv(x, w, 1), x, target=avx2_target())
+    expect = _reference(x, w, 1)
+    assert np.array_equal(y, expect.astype(np.int32))
+    assert only_rule(report) == rule
+    assert ("vpmaddubsw" in asm) == (rule == MADDUBS)
+
+
+def test_expansion_1x1_stays_with_the_pixel_rule():
+    """A 1x1 conv with C < 2F (MobileNetV2's expansions) that the pixel rule takes is left to it,
+    seven-bit weights or not; C >= 2F goes to vpmaddubsw."""
+    mod, x, ref = conv_case(16, 16, 96, 1, 1, 0, True, seed=2, weight_bound=63)
+    y, report, _ = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref) and only_rule(report) == PIXELS
+    mod, x, ref = conv_case(64, 16, 32, 1, 1, 0, True, seed=2, weight_bound=63)
+    y, report, _ = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref) and only_rule(report) == MADDUBS
+
+
+def test_batch_of_three_exact():
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, size=(3, 8, 10, 10)).astype(np.uint8)
+    w = rng.integers(-64, 65, size=(16, 8, 3, 3)).astype(np.int8)
+    y, report, _ = compile_and_run(_bare_conv(x, w, 1), x, target=avx2_target())
+    assert np.array_equal(y, _reference(x, w, 1).astype(np.int32))
+    assert only_rule(report) == MADDUBS
+
+
+def _module_calling_one_function_twice(first: np.ndarray, second, other: np.ndarray):
+    """main(x) calls PrimFunc ``scale`` with two different constants (or ``second`` = None: with
+    the graph input x), and ``other`` once."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def scale(a: T.Buffer((4,), "int8"), b: T.Buffer((4,), "int8"), out: T.Buffer((4,), "int8")):
+        for i in range(4):
+            with T.sblock("s"):
+                vi = T.axis.spatial(4, i)
+                out[vi] = a[vi] + b[vi]
+
+    bb = relax.BlockBuilder()
+    gv_scale = bb.add_func(scale.with_attr("global_symbol", "scale"), "scale")
+    gv_other = bb.add_func(scale.with_attr("global_symbol", "other"), "other")
+    x = relax.Var("x", relax.TensorType((4,), "int8"))
+    out = relax.TensorType((4,), "int8")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.call_tir(gv_scale, (x, relax.const(first, "int8")), out))
+            b = bb.emit(relax.call_tir(gv_scale, (a, x if second is None else relax.const(second, "int8")), out))
+            c = bb.emit(relax.call_tir(gv_other, (b, relax.const(other, "int8")), out))
+            gv = bb.emit_output(c)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def test_constant_ranges_are_the_union_over_call_sites():
+    first = np.array([-3, 0, 5, 1], np.int8)
+    mod = _module_calling_one_function_twice(first, np.array([-10, 2, 2, 2], np.int8), np.array([7, 7, 9, 8], np.int8))
+    ranges = constant_ranges(mod)
+    assert ranges["scale"] == {1: (-10, 5)}  # union of both sites; param 0 is never a constant
+    assert ranges["other"] == {1: (7, 9)}
+    # A site passing a graph input for the parameter: no range holds for every call.
+    mod = _module_calling_one_function_twice(first, None, first)
+    assert constant_ranges(mod)["scale"] == {}
+
+
+def test_attached_range_is_read_back_by_parameter():
+    from targets.lowering.schedules import attach_constant_ranges
+
+    mod = attach_constant_ranges(_module_calling_one_function_twice(
+        np.array([-3, 0, 5, 1], np.int8), np.array([-10, 2, 2, 2], np.int8), np.array([7, 7, 9, 8], np.int8)))
+    func = mod["scale"]
+    assert common.constant_param_range(func, tvm.tirx.decl_buffer((4,), "int8")) is None  # not a parameter
+    assert common.constant_param_range(func, func.params[1]) == (-10, 5)
+    assert common.constant_param_range(func, func.params[0]) is None
