@@ -28,6 +28,7 @@ if not _host_has_avx2():
 MADDUBS = conv2d_int8.Conv2dInt8AVX2Maddubs.name
 WIDE = conv2d_int8.Conv2dInt8AVX2.name
 PIXELS = conv1x1_int8.Conv1x1Int8PixelsAVX2.name
+PIXELS_MADDUBS = conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs.name
 
 
 @pytest.mark.parametrize(
@@ -80,15 +81,32 @@ def test_worst_case_pair_sums_and_the_bound(bound, rule):
     assert ("vpmaddubsw" in asm) == (rule == MADDUBS)
 
 
-def test_expansion_1x1_stays_with_the_pixel_rule():
-    """A 1x1 conv with C < 2F (MobileNetV2's expansions) that the pixel rule takes is left to it,
-    seven-bit weights or not; C >= 2F goes to vpmaddubsw."""
-    mod, x, ref = conv_case(16, 16, 96, 1, 1, 0, True, seed=2, weight_bound=63)
-    y, report, _ = compile_and_run(mod, x, target=avx2_target())
-    assert np.array_equal(y, ref) and only_rule(report) == PIXELS
-    mod, x, ref = conv_case(64, 16, 32, 1, 1, 0, True, seed=2, weight_bound=63)
-    y, report, _ = compile_and_run(mod, x, target=avx2_target())
-    assert np.array_equal(y, ref) and only_rule(report) == MADDUBS
+@pytest.mark.parametrize(
+    "c,h,f,bound,rule",
+    [(16, 16, 96, 63, PIXELS_MADDUBS), (24, 8, 48, 64, PIXELS_MADDUBS), (64, 16, 32, 63, MADDUBS),
+     (16, 16, 96, 65, PIXELS), (6, 8, 16, 63, PIXELS)],
+    ids=["16to96-pixels", "24to48-bound64", "64to32-channels", "bound65-vpmaddwd", "c6-not-multiple-of-4"],
+)
+def test_1x1_convs_split_between_the_pixel_and_channel_rules(c, h, f, bound, rule):
+    """1x1 convs with C < 2F (MobileNetV2's expansions) stay pixel-vectorized (with vpmaddubsw when
+    the weights allow it and C % 4 == 0); C >= 2F goes to the channel-vectorized vpmaddubsw rule."""
+    mod, x, ref = conv_case(c, h, f, 1, 1, 0, True, seed=2, weight_bound=bound)
+    y, report, asm = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == rule
+    assert ("vpmaddubsw" in asm) == (rule in (MADDUBS, PIXELS_MADDUBS))
+
+
+def test_1x1_pixels_worst_case_pair_sums_exact():
+    """All-255 activations x +-64 weights with same-sign pairs on the pixel-vectorized kernel."""
+    x = np.full((1, 32, 8, 8), 255, np.uint8)
+    rng = np.random.default_rng(6)
+    w = np.where(rng.integers(0, 2, size=(48, 32, 1, 1)) == 1, 64, -64).astype(np.int8)
+    w[:, :2] = 64
+    w[:3] = -64
+    y, report, _ = compile_and_run(_bare_conv(x, w, 0), x, target=avx2_target())
+    assert np.array_equal(y, _reference(x, w, 0).astype(np.int32))
+    assert only_rule(report) == PIXELS_MADDUBS
 
 
 def test_batch_of_three_exact():

@@ -10,6 +10,8 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
                                  conv2d_nchw uint8 x int8 -> int32 on AVX2 without VNNI whose
                                  constant weight is within +-64 (7-bit codes; vpmaddubsw, exact),
                                  except 1x1 convs with C < 2F that the next rule takes
+    conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs
+                                 the next rule's nest with vpmaddubsw for weights within +-64
     conv1x1_int8.Conv1x1Int8PixelsAVX2
                                  1x1 stride-1 conv uint8 x int8 -> int32 with few input channels
                                  on AVX2 without VNNI, vectorized along pixels (vpmaddwd)
@@ -54,7 +56,7 @@ class ScheduleReport:
 
 def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
-    from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2
+    from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2, Conv1x1Int8PixelsAVX2Maddubs
     from targets.lowering.schedules.conv2d import Conv2dDirect
     from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8AVX2Maddubs, Conv2dInt8VNNI
     from targets.lowering.schedules.depthwise import GroupConv2d
@@ -72,7 +74,8 @@ def default_rules() -> list[ScheduleRule]:
     # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
-        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(),
+        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2Maddubs(),
+        Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(),
         MatmulInt8AVX2(),
         DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),

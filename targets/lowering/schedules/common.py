@@ -634,6 +634,67 @@ def register_avx2_maddubs_intrinsic() -> str:
     return _register_once(AVX2_MADDUBS_DOT_INTRIN, _maddubs_impl, AVX2_LANES, MADDUBS_DEPTH)
 
 
+# Pixel-vectorized variant (conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs): C[8] += sum_k A[8, k]
+# (uint8) * B[k] (int8), k < 4 -- 8 pixels x 4 input channels (32 bytes) against one output
+# channel's 4 weights broadcast as one 32-bit word. Exact under the same weight bound.
+AVX2_PIXEL_MADDUBS_INTRIN = "edgekiln_dot_8px4_u8i7i32_avx2"
+
+
+def _pixel_maddubs_desc():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((AVX2_LANES, MADDUBS_DEPTH), "uint8", offset_factor=1),
+        B: T.Buffer((MADDUBS_DEPTH,), "int8", offset_factor=1),
+        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:MADDUBS_DEPTH], B[0:MADDUBS_DEPTH])
+            T.writes(C[0:AVX2_LANES])
+            for i in T.serial(0, AVX2_LANES):
+                for k in T.serial(0, MADDUBS_DEPTH):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
+
+    return desc
+
+
+def _pixel_maddubs_impl():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((8, 4), "uint8", offset_factor=1),
+        B: T.Buffer((4,), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8, 0:4], B[0:4])
+            T.writes(C[0:8])
+            w4 = T.broadcast(T.reinterpret(B.vload([0], "int8x4"), dtype="int32"), 8)
+            pair_sums = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(A.vload([0, 0], dtype="uint8x32"), dtype="int8x32"),
+                T.reinterpret(w4, dtype="int8x32"),
+                dtype="int16x16",
+            )
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pair_sums,
+                T.broadcast(T.int16(1), 16),
+                dtype="int32x8",
+            )
+
+    return impl
+
+
+def register_avx2_pixel_maddubs_intrinsic() -> str:
+    """Register :data:`AVX2_PIXEL_MADDUBS_INTRIN` once per process (lazily) and return its name."""
+    return _register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=_pixel_maddubs_desc)
+
+
 # Function attribute set by ``schedules.attach_constant_ranges``: [[param index, min, max], ...]
 # for the integer constants a Relax module passes to the function (union over its call sites).
 CONSTANT_RANGES_ATTR = "edgekiln.constant_param_ranges"
@@ -650,6 +711,13 @@ def constant_param_range(func: tirx.PrimFunc, buffer) -> tuple[int, int] | None:
         if int(entry[0]) == index:
             return int(entry[1]), int(entry[2])
     return None
+
+
+def within_maddubs_bound(func: tirx.PrimFunc, weight) -> bool:
+    """True if parameter ``weight`` of ``func`` is a constant within +-WEIGHT_BOUND_MADDUBS at every
+    call, so vpmaddubsw's int16 pair sums with any uint8 activations are exact."""
+    bounds = constant_param_range(func, weight)
+    return bounds is not None and max(-bounds[0], bounds[1]) <= WEIGHT_BOUND_MADDUBS
 
 
 class VNNIDot:
@@ -717,6 +785,7 @@ def register_int8_intrinsics(target: Target) -> None:
         register_avx2_wide_intrinsic()
         register_avx2_maddubs_intrinsic()
         register_avx2_pixel_intrinsic()
+        register_avx2_pixel_maddubs_intrinsic()
 
 
 def int8_dot_loads(block) -> tuple | None:

@@ -85,8 +85,16 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         sch, conv, reads, dims = matched
         return self._schedule(sch, func, conv, reads, dims)
 
+    # input channels per dot product, and whether the weight pack is widened to int16 (the
+    # vpmaddwd form); the vpmaddubsw subclass takes 4 int8 channels
+    depth, widen_weights = DEPTH, True
+
+    def register_pixel_intrinsic(self) -> str:
+        return common.register_avx2_pixel_intrinsic()
+
     def _schedule(self, sch, func, conv, reads, dims):
-        intrin = common.register_avx2_pixel_intrinsic()
+        intrin = self.register_pixel_intrinsic()
+        depth = self.depth
         data_idx, weight_idx = reads
         N, F, OH, OW, C, _, _ = dims
         P = OH * OW
@@ -101,17 +109,19 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         ]
         epilogue = common.fuse_epilogue(sch, conv)
 
-        # Weight: [F, C, 1, 1] int8 -> [F/t, C/2, t, 2] int16 (folded at compile time).
+        # Weight: [F, C, 1, 1] int8 -> [F/t, C/2, t, 2] int16 (folded at compile time); with
+        # vpmaddubsw [F/t, C/4, t, 4] int8.
         wpack = common.pack_operand(
             sch, func, conv, weight_idx,
-            lambda o, i, h, w: (o // t, i // DEPTH, o % t, i % DEPTH),
+            lambda o, i, h, w: (o // t, i // depth, o % t, i % depth),
         )
-        sch.unsafe_set_dtype(wpack, 0, "int16")
-        # Data: [N, C, H, W] -> [N, C/2, H*W, 2], a parallel per-call copy.
+        if self.widen_weights:
+            sch.unsafe_set_dtype(wpack, 0, "int16")
+        # Data: [N, C, H, W] -> [N, C/depth, H*W, depth], a parallel per-call copy.
         dpack = sch.cache_read(conv, data_idx, "global")
         for producer in data_producers:
             sch.compute_inline(producer)
-        sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // DEPTH, h * OW + w, c % DEPTH))
+        sch.transform_layout(dpack, ("write", 0), lambda a, c, h, w: (a, c // depth, h * OW + w, c % depth))
 
         acc = sch.cache_write(conv, 0, "local")
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, c * OW + d))
@@ -120,7 +130,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         n, f, p, rc, ry, rx = sch.get_loops(conv)
         fo, fi = sch.split(f, [None, t])
         pc, po, pb, pv = sch.split(p, [None, chunk, nb, LANES])
-        rco, rci = sch.split(rc, [None, DEPTH])
+        rco, rci = sch.split(rc, [None, depth])
         sch.reorder(n, pc, fo, po, ry, rx, rco, fi, pb, pv, rci)
         per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
         tasks = [pc, fo] if per_image else [n, pc, fo]
@@ -132,3 +142,26 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         _, wv = sch.split(wb[-1], [None, LANES])
         sch.vectorize(wv)
         return sch
+
+
+class Conv1x1Int8PixelsAVX2Maddubs(Conv1x1Int8PixelsAVX2):
+    """The pixel-vectorized 1x1 conv with ``vpmaddubsw`` for a constant weight within
+    +-``common.WEIGHT_BOUND_MADDUBS`` (``--quantize int8-w7``): 8 pixels x 4 input channels of
+    data (32 bytes, no widening) against one output channel's 4 weights broadcast as a 32-bit word
+    (common.AVX2_PIXEL_MADDUBS_INTRIN), exact for such weights. Needs C % 4 == 0 besides what the
+    vpmaddwd form needs; anything else goes on to it."""
+
+    name = "conv1x1-int8-avx2-maddubs"
+    depth, widen_weights = common.MADDUBS_DEPTH, False
+
+    def register_pixel_intrinsic(self) -> str:
+        return common.register_avx2_pixel_maddubs_intrinsic()
+
+    def _match_and_schedule(self, func, target):
+        matched = match_int8_conv(func)
+        if matched is None or not takes(*matched) or matched[3][4] % self.depth:
+            return None
+        sch, conv, reads, dims = matched
+        if not common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source):
+            return None
+        return self._schedule(sch, func, conv, reads, dims)

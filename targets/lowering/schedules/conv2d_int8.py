@@ -257,9 +257,7 @@ class Conv2dInt8AVX2Maddubs(common.AVX2MaddubsDot, Conv2dInt8VNNI):
         if matched is None:
             return None
         sch, conv, reads, dims = matched
-        weight = sch.get(conv).reads[reads[1]].source
-        bounds = common.constant_param_range(func, weight)
-        if bounds is None or max(-bounds[0], bounds[1]) > common.WEIGHT_BOUND_MADDUBS:
+        if not common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source):
             return None
         if dims[1] % self.lanes or dims[4] % self.depth:
             return None
