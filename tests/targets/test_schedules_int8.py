@@ -125,12 +125,13 @@ def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0, weig
     return bb.get(), x, ref
 
 
-def dense_case(m, k, n, requant, transposed=False, seed=0):
+def dense_case(m, k, n, requant, transposed=False, seed=0, weight_bound=127):
     """(Relax module, input, reference) for matmul(a_u8, W_i8) + bias [+ requant]; the weight is
-    stored [N, K] and transposed in the graph when ``transposed`` (a Gemm with transB)."""
+    stored [N, K] and transposed in the graph when ``transposed`` (a Gemm with transB), drawn from
+    [-weight_bound, weight_bound]."""
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256, size=(m, k)).astype(np.uint8)
-    w = rng.integers(-127, 128, size=(k, n)).astype(np.int8)
+    w = rng.integers(-weight_bound, weight_bound + 1, size=(k, n)).astype(np.int8)
     bias = rng.integers(-20000, 20000, size=n).astype(np.int32)
     bb = relax.BlockBuilder()
     av = relax.Var("a", relax.TensorType((m, k), "uint8"))

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.tvm
 
 from tvm import relax  # noqa: E402
 
-from targets.lowering.schedules import common, constant_ranges, conv1x1_int8, conv2d_int8  # noqa: E402
-from tests.targets.test_schedules_int8 import _host_has_avx2, compile_and_run, conv_case, only_rule  # noqa: E402
+from targets.lowering.schedules import common, constant_ranges, conv1x1_int8, conv2d_int8, matmul_int8  # noqa: E402
+from tests.targets.test_schedules_int8 import _host_has_avx2, compile_and_run, conv_case, dense_case, only_rule  # noqa: E402
 from tests.targets.test_schedules_int8_avx2 import avx2_target  # noqa: E402
 
 if not _host_has_avx2():
@@ -29,6 +29,8 @@ MADDUBS = conv2d_int8.Conv2dInt8AVX2Maddubs.name
 WIDE = conv2d_int8.Conv2dInt8AVX2.name
 PIXELS = conv1x1_int8.Conv1x1Int8PixelsAVX2.name
 PIXELS_MADDUBS = conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs.name
+MATMUL_MADDUBS = matmul_int8.MatmulInt8AVX2Maddubs.name
+MATMUL = matmul_int8.MatmulInt8AVX2.name
 
 
 @pytest.mark.parametrize(
@@ -107,6 +109,37 @@ def test_1x1_pixels_worst_case_pair_sums_exact():
     y, report, _ = compile_and_run(_bare_conv(x, w, 0), x, target=avx2_target())
     assert np.array_equal(y, _reference(x, w, 0).astype(np.int32))
     assert only_rule(report) == PIXELS_MADDUBS
+
+
+@pytest.mark.parametrize(
+    "m,k,n,transposed,bound,rule",
+    [(16, 64, 256, False, 63, MATMUL_MADDUBS), (24, 128, 40, True, 64, MATMUL_MADDUBS), (1, 128, 32, False, 63, MATMUL_MADDUBS),
+     (16, 64, 256, False, 65, MATMUL)],
+    ids=["16x64x256", "transB-n40-bound64", "gemv", "bound65-vpmaddwd"],
+)
+def test_dense_maddubs_bit_exact(m, k, n, transposed, bound, rule):
+    mod, a, ref = dense_case(m, k, n, True, transposed, seed=4, weight_bound=bound)
+    y, report, asm = compile_and_run(mod, a, target=avx2_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == rule
+    assert ("vpmaddubsw" in asm) == (rule == MATMUL_MADDUBS)
+
+
+def test_dense_maddubs_worst_case_pair_sums_exact():
+    """All-255 rows times +-64 columns with same-sign k pairs: every pair sum 255 * 128."""
+    a = np.full((8, 64), 255, np.uint8)
+    w = np.where(np.random.default_rng(1).integers(0, 2, size=(64, 32)) == 1, 64, -64).astype(np.int8)
+    w[:2] = 64
+    w[:, :8] = -64
+    bb = relax.BlockBuilder()
+    av = relax.Var("a", relax.TensorType(a.shape, "uint8"))
+    with bb.function("main", [av]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.matmul(av, relax.const(w, "int8"), out_dtype="int32")))
+        bb.emit_func_output(gv)
+    y, report, _ = compile_and_run(bb.get(), a, target=avx2_target())
+    assert np.array_equal(y, (a.astype(np.int64) @ w.astype(np.int64)).astype(np.int32))
+    assert only_rule(report) == MATMUL_MADDUBS
 
 
 def test_batch_of_three_exact():

@@ -16,6 +16,8 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
                                  1x1 stride-1 conv uint8 x int8 -> int32 with few input channels
                                  on AVX2 without VNNI, vectorized along pixels (vpmaddwd)
     conv2d_int8.Conv2dInt8AVX2   conv2d_nchw uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
+    matmul_int8.MatmulInt8AVX2Maddubs
+                                 the next rule's kernel with vpmaddubsw for weights within +-64
     matmul_int8.MatmulInt8AVX2   matmul / dense uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
     depthwise_int8.DepthwiseInt8 depthwise conv2d_nchw uint8 x int8 -> int32 (MobileNet)
     conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
@@ -63,7 +65,7 @@ def default_rules() -> list[ScheduleRule]:
     from targets.lowering.schedules.depthwise_int8 import DepthwiseInt8
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
-    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2, MatmulInt8VNNI
+    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2, MatmulInt8AVX2Maddubs, MatmulInt8VNNI
     from targets.lowering.schedules.pool import MaxPool
     from targets.lowering.schedules.pool_int8 import MaxPoolInt8
     from targets.lowering.schedules.reduction import RowReduction
@@ -75,8 +77,7 @@ def default_rules() -> list[ScheduleRule]:
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
         Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2Maddubs(),
-        Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(),
-        MatmulInt8AVX2(),
+        Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(), MatmulInt8AVX2Maddubs(), MatmulInt8AVX2(),
         DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]
