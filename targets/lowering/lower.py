@@ -67,6 +67,16 @@ class LoweringResult:
     kernel_library_file: str | None = None
 
 
+def _vpmaddwd_rules() -> set[str]:
+    """Names of the rules that run 8-bit weights on AVX2 with vpmaddwd; their vpmaddubsw variants
+    take the same kernels when the weights are 7-bit (``--quantize int8-w7``)."""
+    from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2
+    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2
+    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2
+
+    return {Conv2dInt8AVX2.name, Conv1x1Int8PixelsAVX2.name, MatmulInt8AVX2.name}
+
+
 def _library_name(target: Target, library_name: str) -> str:
     if not library_name or "/" in library_name or library_name.startswith("."):
         raise OptionError(f"invalid library name '{library_name}'")
@@ -149,6 +159,15 @@ def lower_model(
             kernel_file, kernel_list = _export_kernels(built, out_dir, library_name, target)
 
     report = built.schedule_report
+    vpmaddwd_rules = _vpmaddwd_rules()
+    byte_kernels = sum(1 for rule in report.scheduled.values() if rule in vpmaddwd_rules)
+    if byte_kernels:
+        # The vpmaddubsw rules need weights within +-64; 8-bit codes reach 127 (schedules/common.py).
+        notes.append(
+            f"{byte_kernels} int8 conv/matmul kernel(s) use AVX2 vpmaddwd on int16 operands (exact, no VNNI on "
+            "this CPU); --quantize int8-w7 (7-bit weights) lets them use the exact vpmaddubsw kernels, "
+            "about 1.3x faster, at roughly 2 dB of output SQNR"
+        )
     if report.unscheduled:
         notes.append(
             f"{len(report.unscheduled)} of {len(report.unscheduled) + len(report.scheduled)} kernels have no "

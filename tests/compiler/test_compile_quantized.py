@@ -36,6 +36,8 @@ def test_digits_int8_is_integer_only_bit_exact_and_accurate(tmp_path):
     assert quantization["output_agreement"]["top1_agreement"] == 1.0
     assert len(quantization["layers"]) >= 3 and all(r["sqnr_db"] is None or r["sqnr_db"] > 20 for r in quantization["layers"])
     assert "Quantization error per layer" in (out / "report.html").read_text()
+    if _host_avx2_without_vnni():  # the report points to the faster exact 7-bit mode
+        assert any("--quantize int8-w7" in note for note in report["lowering"]["notes"])
     model = onnx.load(str(out / "model.opt.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"ConvInteger", "MatMulInteger", "BitShift"} <= ops
