@@ -72,7 +72,21 @@ def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None
             from targets.lowering import tuning
 
             with lowering_step("applying tuning records", str(records)):
+                # Kernels a rule claims by their weight values keep that rule: a record, keyed by
+                # the kernel's structure, was tuned without it (schedules.value_claimed_functions).
+                # Applying records renames the functions it schedules; call sites pair them up.
+                by_value = schedules.value_claimed_functions(mod, tvm_target)
+                originals = {name: mod[name] for name in by_value}
+                callees = schedules.call_tir_callees(mod)
                 mod, tuned = tuning.apply_records(mod, tvm_target, records)
+                renamed = dict(zip(callees, schedules.call_tir_callees(mod)))
+                for name, func in originals.items():
+                    new_name = renamed.get(name, name)
+                    if new_name in tuned:
+                        if func.attrs is not None and "global_symbol" in func.attrs:
+                            func = func.with_attr("global_symbol", new_name)
+                        mod[new_name] = func
+                        tuned.remove(new_name)
         with lowering_step("scheduling"):
             mod, unpackers = int4.schedule_unpack_kernels(mod, tvm_target)
             mod, report = schedules.apply_default_schedules(mod, tvm_target)

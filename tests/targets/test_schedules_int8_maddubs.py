@@ -198,3 +198,38 @@ def test_attached_range_is_read_back_by_parameter():
     assert common.constant_param_range(func, tvm.tirx.decl_buffer((4,), "int8")) is None  # not a parameter
     assert common.constant_param_range(func, func.params[1]) == (-10, 5)
     assert common.constant_param_range(func, func.params[0]) is None
+
+
+def test_tuning_record_does_not_replace_a_value_claimed_kernel(tmp_path):
+    """A record for a conv's structure (tuned from the vpmaddwd schedule) applies to the 8-bit-
+    weight conv of that structure, but a 7-bit-weight conv with the same structure keeps the
+    vpmaddubsw rule: the record cannot know the weights (schedules.value_claimed_functions)."""
+    import json
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from targets.lowering import build, tuning
+
+    target = avx2_target()
+    wide_mod = conv_case(16, 8, 32, 3, 1, 1, True, seed=9)[0]
+    with target:
+        prepared = relax.transform.AttachAttrLayoutFreeBuffers()(build.prepare(wide_mod, target))
+    ((_, func),) = [(g, f) for g, f in prepared.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    workload_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    sch = conv2d_int8.Conv2dInt8AVX2().apply(workload_mod["main"], target)
+    records = tmp_path / tuning.record_key(target)
+    records.mkdir()
+    (records / tuning.META_FILE).write_text(json.dumps({"key": records.name, "runs": [{"trials": 1}]}))
+    db = tuning.open_database(records, create=True)
+    workload = db.commit_workload(workload_mod)
+    args_info = ms.arg_info.ArgInfo.from_entry_func(workload_mod, remove_preproc=True)
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [1e-5], target, args_info))
+
+    for mod_x_ref, expected in ((conv_case(16, 8, 32, 3, 1, 1, True, seed=9), "tuned"),
+                                (conv_case(16, 8, 32, 3, 1, 1, True, seed=9, weight_bound=63), MADDUBS)):
+        mod, x, ref = mod_x_ref
+        out = build.build(mod, target, records)
+        rules = {name: rule for name, rule in out.schedule_report.scheduled.items() if "conv2d" in name}
+        assert list(rules.values()) == [expected], rules
+        y = relax.VirtualMachine(out.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        assert np.array_equal(y, ref)

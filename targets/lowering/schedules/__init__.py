@@ -125,18 +125,56 @@ def constant_ranges(mod) -> dict[str, dict[int, tuple[int, int]]]:
 
 
 def attach_constant_ranges(mod):
-    """Set ``common.CONSTANT_RANGES_ATTR`` ([[index, min, max], ...]) on every PrimFunc of ``mod``
-    that receives integer constants (see :func:`constant_ranges`)."""
+    """A copy of ``mod`` with ``common.CONSTANT_RANGES_ATTR`` ([[index, min, max], ...]) set on every
+    PrimFunc that receives integer constants (see :func:`constant_ranges`)."""
     from tvm import tirx
 
     from targets.lowering.schedules.common import CONSTANT_RANGES_ATTR
 
     ranges = constant_ranges(mod)
+    mod = mod.clone()  # the caller's functions keep their structural hash (tuning record keys)
     for gvar, func in list(mod.functions_items()):
         params = ranges.get(gvar.name_hint)
         if isinstance(func, tirx.PrimFunc) and params:
             mod[gvar] = func.with_attr(CONSTANT_RANGES_ATTR, [[i, lo, hi] for i, (lo, hi) in sorted(params.items())])
     return mod
+
+
+def value_claimed_functions(mod, target) -> set[str]:
+    """Names of the unscheduled PrimFuncs of ``mod`` that a rule claims because of their constant
+    values (``claims_by_value``: the vpmaddubsw rules, exact only for weights within +-64).
+
+    A tuning record is keyed by a function's structure, not its weights, so it cannot say whether
+    such a rule applies; build.py keeps these functions on their rule instead of a record."""
+    from tvm import tirx
+
+    value_rules = [rule for rule in default_rules() if getattr(rule, "claims_by_value", False)]
+    names = set()
+    for gvar, func in attach_constant_ranges(mod).functions_items():
+        if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+            continue
+        if any(rule.apply(func, target, False) is not None for rule in value_rules):
+            names.add(gvar.name_hint)
+    return names
+
+
+def call_tir_callees(mod) -> list[str]:
+    """Names of the PrimFuncs called by ``call_tir`` in ``mod``'s Relax functions, in visiting order
+    (one entry per call site): two modules whose Relax code differs only in the callees' names
+    give lists that pair up position by position."""
+    from tvm import ir, relax
+
+    call_tir = ir.Op.get("relax.call_tir")
+    names: list[str] = []
+
+    def visit(call):
+        if isinstance(call, relax.Call) and call.op.same_as(call_tir):
+            names.append(call.args[0].name_hint)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return names
 
 
 def _schedule_functions(mod, target, rules, report: ScheduleReport):

@@ -765,6 +765,8 @@ class AVX2MaddubsDot(AVX2Dot):
     product (exact only for such weights; the rule checks them)."""
 
     depth = MADDUBS_DEPTH
+    # the claim depends on the weights' values (schedules.value_claimed_functions)
+    claims_by_value = True
     # 14 accumulators (2 x 7 on ResNet-18's images): the weight and ones vectors and the broadcast
     # leave room for them with no sign extensions in the loop. Measured on Zen 3, ms, 2x4 -> 2x7:
     # 64->64 3x3 @56 1.84 -> 1.66, 128->128 @28 1.74 -> 1.51, the 7x7 s2 stem 3.66 -> 3.26; 16

@@ -153,6 +153,7 @@ class Conv1x1Int8PixelsAVX2Maddubs(Conv1x1Int8PixelsAVX2):
 
     name = "conv1x1-int8-avx2-maddubs"
     depth, widen_weights = common.MADDUBS_DEPTH, False
+    claims_by_value = True  # schedules.value_claimed_functions
 
     def register_pixel_intrinsic(self) -> str:
         return common.register_avx2_pixel_maddubs_intrinsic()
