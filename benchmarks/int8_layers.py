@@ -11,7 +11,9 @@ For each layer, in one run and interleaved (benchmarks.timing.measure_interleave
 * ``tvm_int8_generic`` the uint8 x int8 -> int32 layer (+ int32 bias) with the default rules
   minus the AVX2 int8 rules, i.e. what this host ran before them (Conv2dDirect / Matmul);
 * ``tvm_int8``      the same int8 layer with the default rules (Conv2dInt8AVX2 / MatmulInt8AVX2
-  on an AVX2 host without VNNI, the VNNI rules on a VNNI host).
+  on an AVX2 host without VNNI, the VNNI rules on a VNNI host);
+* ``tvm_int8_w7``   the int8 layer with 7-bit weight codes ([-63, 63], ``--quantize int8-w7``): the
+  vpmaddubsw rules on an AVX2 host without VNNI.
 
 Medians in ms and the ratio to ``ort_fp32`` are printed; JSON goes to
 ``benchmarks/results/int8-layers-<UTC time>.json`` with the machine description.
@@ -52,8 +54,9 @@ def _target():
     return tvm.target.Target({"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 1})
 
 
-def _relax_layer(kind: str, params: tuple, int8: bool, rng):
-    """(Relax module, input, ONNX fp32 model or None) for one layer."""
+def _relax_layer(kind: str, params: tuple, int8: bool, rng, weight_bound: int = 127):
+    """(Relax module, input, ONNX fp32 model or None) for one layer; int8 weights are drawn from
+    [-weight_bound, weight_bound]."""
     from tvm import relax
 
     if kind == "conv":
@@ -66,7 +69,7 @@ def _relax_layer(kind: str, params: tuple, int8: bool, rng):
         xshape, wshape, bshape = (m, k_), (k_, n), (n,)
     if int8:
         x = rng.integers(0, 256, size=xshape).astype(np.uint8)
-        w = rng.integers(-127, 128, size=wshape).astype(np.int8)
+        w = rng.integers(-weight_bound, weight_bound + 1, size=wshape).astype(np.int8)
         b = rng.integers(-20000, 20000, size=bshape).astype(np.int32)
         xdt, wdt, out = "uint8", "int8", "int32"
     else:
@@ -137,20 +140,20 @@ def _ort_runner(model, x):
 
 
 def run_layer(name: str, runs: int) -> dict:
-    from targets.lowering.schedules import default_rules
-    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2
-    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2
+    from targets.lowering.schedules import common, default_rules
 
     kind, params = LAYERS[name]
     target = _target()
     rng = np.random.default_rng(0)
     fmod, fx, onnx_model = _relax_layer(kind, params, False, rng)
     imod, ix, _ = _relax_layer(kind, params, True, rng)
-    generic = [r for r in default_rules() if not isinstance(r, (Conv2dInt8AVX2, MatmulInt8AVX2))]
+    w7mod, w7x, _ = _relax_layer(kind, params, True, rng, weight_bound=63)
+    generic = [r for r in default_rules() if not isinstance(r, common.AVX2Dot)]
     fns, rules = {"ort_fp32": _ort_runner(onnx_model, fx)}, {"ort_fp32": ["onnxruntime"]}
     fns["tvm_fp32"], rules["tvm_fp32"] = _tvm_runner(fmod, fx, target)
     fns["tvm_int8_generic"], rules["tvm_int8_generic"] = _tvm_runner(imod, ix, target, generic)
     fns["tvm_int8"], rules["tvm_int8"] = _tvm_runner(imod, ix, target)
+    fns["tvm_int8_w7"], rules["tvm_int8_w7"] = _tvm_runner(w7mod, w7x, target)
     stats = measure_interleaved(fns, runs=runs, warmup=3)
     ref = stats["ort_fp32"]["median_ms"]
     return {
