@@ -194,6 +194,14 @@ def fuse_epilogue(sch: s_tir.Schedule, anchor):
     return tail[-1] if tail else None
 
 
+def operand_producers(sch: s_tir.Schedule, block, read_index: int) -> list:
+    """The blocks inside the function that write operand ``read_index`` of ``block`` (a pad stage,
+    ConvInteger's explicit zero-point pad, the previous layer's requantization), which a rule
+    inlines into the copy it makes of that operand."""
+    source = sch.get(block).reads[read_index].source
+    return [b for b in sch.get_producers(block) if sch.get(b).writes[0].source.same_as(source)]
+
+
 def attach_write_back(sch: s_tir.Schedule, acc, epilogue, tile_loop, task_loops, parallel: bool):
     """Write a register tile back once per tile: compute the accumulator's write-back block
     ``acc`` under ``tile_loop`` with the fused ``epilogue`` (if any) inlined into it, and fuse
@@ -600,6 +608,20 @@ MADDUBS_DEPTH = 4
 WEIGHT_BOUND_MADDUBS = 64
 
 
+def _quad_sums(unsigned_bytes, signed_bytes):
+    """<8 x i32>: each lane the sum of 4 adjacent products of the 32 unsigned bytes (passed as
+    <32 x i8>) with the 32 signed bytes -- ``vpmaddubsw`` (pairs into saturating int16) then
+    ``vpmaddwd`` by ones (pairs of those into int32). Exact while no pair sum saturates."""
+    from tvm.script import tirx as T
+
+    pair_sums = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), unsigned_bytes, signed_bytes, dtype="int16x16"
+    )
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pair_sums, T.broadcast(T.int16(1), 16), dtype="int32x8"
+    )
+
+
 def _maddubs_impl():
     from tvm.script import tirx as T
 
@@ -613,18 +635,8 @@ def _maddubs_impl():
             T.reads(C[0:8], A[0:4], B[0:8, 0:4])
             T.writes(C[0:8])
             a4 = T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8)
-            pair_sums = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                T.reinterpret(a4, dtype="int8x32"),
-                B.vload([0, 0], dtype="int8x32"),
-                dtype="int16x16",
-            )
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                pair_sums,
-                T.broadcast(T.int16(1), 16),
-                dtype="int32x8",
-            )
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + _quad_sums(
+                T.reinterpret(a4, dtype="int8x32"), B.vload([0, 0], dtype="int8x32"))
 
     return impl
 
@@ -674,18 +686,8 @@ def _pixel_maddubs_impl():
             T.reads(C[0:8], A[0:8, 0:4], B[0:4])
             T.writes(C[0:8])
             w4 = T.broadcast(T.reinterpret(B.vload([0], "int8x4"), dtype="int32"), 8)
-            pair_sums = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                T.reinterpret(A.vload([0, 0], dtype="uint8x32"), dtype="int8x32"),
-                T.reinterpret(w4, dtype="int8x32"),
-                dtype="int16x16",
-            )
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                pair_sums,
-                T.broadcast(T.int16(1), 16),
-                dtype="int32x8",
-            )
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + _quad_sums(
+                T.reinterpret(A.vload([0, 0], dtype="uint8x32"), dtype="int8x32"), T.reinterpret(w4, dtype="int8x32"))
 
     return impl
 

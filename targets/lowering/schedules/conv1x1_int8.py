@@ -87,10 +87,14 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
     def _match_and_schedule(self, func, target):
         matched = match_int8_conv(func)
-        if matched is None or not takes(*matched):
+        if matched is None or not takes(*matched) or not self._claims(func, *matched):
             return None
         sch, conv, reads, dims = matched
         return self._schedule(sch, func, conv, reads, dims)
+
+    def _claims(self, func, sch, conv, reads, dims) -> bool:
+        """Further conditions of a subclass on a conv that ``takes`` accepts."""
+        return True
 
     # input channels per dot product, and whether the weight pack is widened to int16 (the
     # vpmaddwd form); the vpmaddubsw subclass takes 4 int8 channels
@@ -108,12 +112,8 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         nb, t = choose_tile(P // LANES, F, self.max_accumulators)
         chunk = pixel_chunk_vectors(P // (nb * LANES), nb * LANES * C)
 
-        # The data operand's producers in the function (the zero-width pad of ConvInteger's
-        # zero-point lowering, a requantization of the previous layer) are inlined into the pack.
-        data_producers = [
-            b for b in sch.get_producers(conv)
-            if sch.get(b).writes[0].source.same_as(sch.get(conv).reads[data_idx].source)
-        ]
+        # The data operand's producers in the function are inlined into the pack.
+        data_producers = common.operand_producers(sch, conv, data_idx)
         epilogue = common.fuse_epilogue(sch, conv)
 
         # Weight: [F, C, 1, 1] int8 -> [F/t, C/2, t, 2] int16 (folded at compile time); with
@@ -165,11 +165,5 @@ class Conv1x1Int8PixelsAVX2Maddubs(Conv1x1Int8PixelsAVX2):
     def register_pixel_intrinsic(self) -> str:
         return common.register_avx2_pixel_maddubs_intrinsic()
 
-    def _match_and_schedule(self, func, target):
-        matched = match_int8_conv(func)
-        if matched is None or not takes(*matched) or matched[3][4] % self.depth:
-            return None
-        sch, conv, reads, dims = matched
-        if not common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source):
-            return None
-        return self._schedule(sch, func, conv, reads, dims)
+    def _claims(self, func, sch, conv, reads, dims) -> bool:
+        return dims[4] % self.depth == 0 and common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source)

@@ -156,9 +156,13 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         if matched is None:
             return None
         sch, conv, reads, dims = matched
-        if dims[1] % self.lanes or dims[4] % self.depth:
+        if dims[1] % self.lanes or dims[4] % self.depth or not self._claims(func, sch, conv, reads, dims):
             return None
         return self._schedule(sch, func, conv, reads, dims)
+
+    def _claims(self, func, sch, conv, reads, dims) -> bool:
+        """Further conditions of a subclass on a matched conv whose F and C fit the dot product."""
+        return True
 
     def _schedule(self, sch, func, conv, reads, dims):
         intrin = self.register_intrinsic()
@@ -167,12 +171,8 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
         N, F, OH, OW, C, KH, KW = dims
         nb, xt = choose_tile(F // lanes, OW, self.max_accumulators)
 
-        # Producers of the data operand inside the function (the pad stage, or the explicit
-        # zero-point pad of ConvInteger) are inlined into the NCHW4c copy below.
-        data_producers = [
-            b for b in sch.get_producers(conv)
-            if sch.get(b).writes[0].source.same_as(sch.get(conv).reads[data_idx].source)
-        ]
+        # Producers of the data operand inside the function are inlined into the NCHW4c copy.
+        data_producers = common.operand_producers(sch, conv, data_idx)
         epilogue = common.fuse_epilogue(sch, conv)
 
         # Weight: [F, C, KH, KW] -> [F/16, C/4, KH, KW, 16, 4] (compile time for constants).
@@ -252,21 +252,13 @@ class Conv2dInt8AVX2Maddubs(common.AVX2MaddubsDot, Conv2dInt8VNNI):
 
     name = "conv2d-int8-avx2-maddubs"
 
-    def _match_and_schedule(self, func, target):
-        matched = match_int8_conv(func)
-        if matched is None:
-            return None
-        sch, conv, reads, dims = matched
+    def _claims(self, func, sch, conv, reads, dims) -> bool:
         if not common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source):
-            return None
-        if dims[1] % self.lanes or dims[4] % self.depth:
-            return None
+            return False
         # 1x1 convs with fewer input than twice the output channels (MobileNetV2's expansions)
         # run faster on the pixel-vectorized rule, which this rule precedes: measured on Zen 3,
         # 16->96 @112 1.12 ms there vs 3.01 here, 64->64 @56 0.41 vs 0.60; the projections
         # (96->24, 144->24, 192->32) 0.74 -> 0.56 ms here.
         from targets.lowering.schedules import conv1x1_int8  # imports this module
 
-        if dims[4] < 2 * dims[1] and conv1x1_int8.takes(sch, conv, reads, dims):
-            return None
-        return self._schedule(sch, func, conv, reads, dims)
+        return not (dims[4] < 2 * dims[1] and conv1x1_int8.takes(sch, conv, reads, dims))
