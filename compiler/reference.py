@@ -11,7 +11,10 @@ Integer semantics, shared by all ops (ONNX leaves overflow to two's complement w
       arithmetic and like ORT on x86; numpy ufuncs on same-dtype arrays do exactly that.
     * ConvInteger/MatMulInteger accumulate in int64 and then wrap to int32, which equals
       wrapping int32 accumulation because both are arithmetic modulo 2^32 (unreachable with
-      int8 operands and realistic K anyway).
+      int8 operands and realistic K anyway). When every partial sum is an integer below 2^53
+      (``K * max|x| * max|w| < 2^53``, any K below 10^11 for 8-bit operands) they accumulate in
+      float64 instead: every such integer is a float64, so no step rounds in any summation
+      order, and numpy's BLAS does the work (ResNet-18 at batch 8: 27 s -> about 1 s).
     * an integer ReduceSum whose sum leaves the dtype's range is an error: ONNX leaves it
       undefined and ONNX Runtime saturates where TVM wraps (int64 sums are not checked).
     * binary ops require equal dtypes (the ONNX type constraint ``T``); numpy would silently
@@ -94,6 +97,17 @@ def _axes(node: _Node, inputs: list, index: int) -> list[int] | None:
     if len(inputs) > index and inputs[index] is not None:
         return [int(a) for a in np.asarray(inputs[index]).reshape(-1)]
     return None
+
+
+#: Integers of magnitude below this are exact in float64 (53-bit significand).
+_FLOAT64_EXACT_BOUND = 1 << 53
+
+
+def _exact_accumulator(depth: int, x: Array, w: Array) -> type:
+    """float64 if a dot product of ``depth`` terms of ``x`` and ``w`` values keeps every partial
+    sum an integer below 2^53 (then float64 computes it exactly, in any order); else int64."""
+    bound = depth * int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0))
+    return np.float64 if bound < _FLOAT64_EXACT_BOUND else np.int64
 
 
 def _wrap_to(values: Array, dtype: np.dtype) -> Array:
@@ -251,14 +265,15 @@ def _conv_integer(node: _Node, inputs: list) -> Array:
     if len(inputs) > 3 and inputs[3] is not None:
         wzp = inputs[3].astype(np.int64)
         ws = ws - (wzp.reshape(()) if wzp.size == 1 else wzp.reshape([-1] + [1] * (w.ndim - 1)))
-    return _wrap_to(_conv_core(node, xs, ws, np.int64), np.int32)
+    depth = int(np.prod(w.shape[1:]))  # input channels per group x kernel taps
+    return _wrap_to(_conv_core(node, xs, ws, _exact_accumulator(depth, xs, ws)), np.int32)
 
 
 def _matmul_integer(node: _Node, inputs: list) -> Array:
     """MatMulInteger: int32 y = (A - a_zero_point) @ (B - b_zero_point), numpy matmul broadcasting.
 
     a_zero_point: scalar or per row of A ([M], broadcast as [M, 1]); b_zero_point: scalar or per
-    column of B ([N]). Accumulated in int64, wrapped to int32.
+    column of B ([N]). Accumulated exactly (int64, or float64 below 2^53), wrapped to int32.
     """
     a, b = inputs[0].astype(np.int64), inputs[1].astype(np.int64)
     for name, t in (("A", inputs[0]), ("B", inputs[1])):
@@ -269,7 +284,8 @@ def _matmul_integer(node: _Node, inputs: list) -> Array:
         a = a - (azp.reshape(-1, 1) if azp.ndim == 1 and azp.size > 1 else azp)
     if len(inputs) > 3 and inputs[3] is not None:
         b = b - inputs[3].astype(np.int64)
-    return _wrap_to(np.matmul(a, b), np.int32)
+    acc = _exact_accumulator(a.shape[-1], a, b)
+    return _wrap_to(np.matmul(a.astype(acc), b.astype(acc)), np.int32)
 
 
 def _binary(fn: Callable[[Array, Array], Array]) -> OpFn:

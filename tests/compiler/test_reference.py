@@ -365,6 +365,31 @@ def test_conv_integer_per_channel_weight_zero_point():
     assert np.array_equal(ours, np.concatenate(per_channel, axis=1))
 
 
+def test_integer_accumulator_is_float64_only_below_two_to_the_53():
+    """The exact-accumulator choice: float64 while K * max|x| * max|w| < 2^53, else int64."""
+    from compiler.reference import _exact_accumulator
+
+    x, w = np.array([-255, 3]), np.array([255, -7])
+    assert _exact_accumulator(4608, x, w) is np.float64  # ResNet-18's deepest conv, worst values
+    k_limit = (1 << 53) // (255 * 255)
+    assert _exact_accumulator(k_limit, x, w) is np.float64
+    assert _exact_accumulator(k_limit + 1, x, w) is np.int64
+    assert _exact_accumulator(10, np.zeros(0, np.int64), w) is np.float64  # empty operand: bound 0
+
+
+def test_conv_and_matmul_integer_extremes_deep_reduction():
+    """Deep reductions at the operand extremes (x = 255 with zero point 0, w = -128 / 255): the
+    float64 accumulation equals ONNX Runtime's int32 result bit for bit."""
+    x = np.full((1, 64, 5, 5), 255, np.uint8)
+    w = np.full((3, 64, 3, 3), -128, np.int8)
+    w[1] = 127
+    assert_exact(single_op("ConvInteger", {"x": x}, np.int32, {"w": w}, pads=[1, 1, 1, 1]), {"x": x})
+    a = np.full((3, 512), 255, np.uint8)
+    b = np.full((512, 4), 255, np.uint8)
+    out = assert_exact(single_op("MatMulInteger", {"a": a}, np.int32, {"b": b}), {"a": a})[0]
+    assert int(out[0, 0]) == 512 * 255 * 255
+
+
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("b_dtype", [np.uint8, np.int8])
 def test_matmul_integer(a_dtype, b_dtype):
