@@ -95,6 +95,8 @@ def constant_ranges(mod) -> dict[str, dict[int, tuple[int, int]]]:
     range holds for every call."""
     from tvm import ir, relax
 
+    from targets.lowering.integer_ops import _constant
+
     call_tir = ir.Op.get("relax.call_tir")
     seen: dict[str, dict[int, tuple[int, int] | None]] = {}
 
@@ -105,12 +107,8 @@ def constant_ranges(mod) -> dict[str, dict[int, tuple[int, int]]]:
         fields = list(args.fields) if isinstance(args, relax.Tuple) else [args]
         entry = seen.setdefault(callee.name_hint, {})
         for index, arg in enumerate(fields):
-            value = None
-            if isinstance(arg, ir.expr.Constant):
-                # a tensor constant holds ``data`` (relax.const gives a GenericConst with ``value``)
-                data = (arg.data if hasattr(arg, "data") else arg.value).numpy()
-                if data.dtype.kind in "iu" and data.size:
-                    value = (int(data.min()), int(data.max()))
+            data = _constant(arg)
+            value = (int(data.min()), int(data.max())) if data is not None and data.dtype.kind in "iu" and data.size else None
             if index in entry and (entry[index] is None or value is None):
                 entry[index] = None
             elif index in entry:

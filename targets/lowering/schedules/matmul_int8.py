@@ -116,9 +116,13 @@ class MatmulInt8VNNI(common.VNNIDot, common.MatchingRule):
         if len(kinds) < 3 or kinds[-1] != "R" or set(kinds[:-1]) != {"S"}:
             return None
         ops = _operands(sch.get(anchor))
-        if ops is None:
+        if ops is None or not self._claims(func, sch, anchor, *ops):
             return None
         return self._schedule(sch, func, anchor, *ops)
+
+    def _claims(self, func, sch, mm, a_idx, b_idx, b_transposed) -> bool:
+        """Further conditions of a subclass on a matched u8 x i8 -> i32 matmul."""
+        return True
 
     def _schedule(self, sch, func, mm, a_idx, b_idx, b_transposed):
         intrin = self.register_intrinsic()
@@ -186,12 +190,5 @@ class MatmulInt8AVX2Maddubs(common.AVX2MaddubsDot, MatmulInt8VNNI):
     # 128x128x512 0.33 -> 0.29 ms against the vpmaddwd kernel
     max_accumulators = 8
 
-    def _match_and_schedule(self, func, target):
-        sch = s_tir.Schedule(func)
-        anchor = common.find_anchor(sch, _ANCHOR_NAMES)
-        if anchor is None:
-            return None
-        ops = _operands(sch.get(anchor))
-        if ops is None or not common.within_maddubs_bound(func, sch.get(anchor).reads[ops[1]].source):
-            return None
-        return super()._match_and_schedule(func, target)
+    def _claims(self, func, sch, mm, a_idx, b_idx, b_transposed) -> bool:
+        return common.within_maddubs_bound(func, sch.get(mm).reads[b_idx].source)
