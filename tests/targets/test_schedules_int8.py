@@ -94,6 +94,41 @@ def _requant_reference(acc: np.ndarray, axis: int, zp_out: int, lo: int, hi: int
 # --- models and references --------------------------------------------------------------------------
 
 
+def bare_conv_module(x_shape, w: np.ndarray, pad: int = 0, data_dtype: str = "uint8"):
+    """Relax module: one bare 8-bit x int8 -> int32 conv2d of an input of ``x_shape`` with ``w``."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x_shape, data_dtype))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), padding=pad, out_dtype="int32")))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def bare_matmul_module(a_shape, w: np.ndarray):
+    """Relax module: one bare uint8 x int8 -> int32 matmul of an input of ``a_shape`` with ``w``."""
+    bb = relax.BlockBuilder()
+    av = relax.Var("a", relax.TensorType(a_shape, "uint8"))
+    with bb.function("main", [av]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.matmul(av, relax.const(w, "int8"), out_dtype="int32")))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def conv_int64(x: np.ndarray, w: np.ndarray, pad: int = 0, stride: int = 1) -> np.ndarray:
+    """The NCHW conv of ``x`` with ``w`` [F, C, K, K] in int64 (zero padding), the reference."""
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = w.shape[2]
+    oh = (x.shape[2] + 2 * pad - k) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, oh), np.int64)
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride]
+            out += np.einsum("nchw,fc->nfhw", patch, w[:, :, i, j].astype(np.int64))
+    return out
+
+
 def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0, weight_bound=127):
     """(Relax module, input, int64-reference output) for conv2d + bias [+ requant], weights drawn
     from [-weight_bound, weight_bound]."""
@@ -113,14 +148,7 @@ def conv_case(c, h, f, k, stride, pad, requant, data_dtype="uint8", seed=0, weig
             gv = bb.emit_output(y)
         bb.emit_func_output(gv)
 
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh = (h + 2 * pad - k) // stride + 1
-    ref = np.zeros((1, f, oh, oh), np.int64)
-    for i in range(k):
-        for j in range(k):
-            patch = xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride]
-            ref += np.einsum("nchw,fc->nfhw", patch, w[:, :, i, j].astype(np.int64))
-    ref += bias.reshape(1, -1, 1, 1)
+    ref = conv_int64(x, w, pad, stride) + bias.reshape(1, -1, 1, 1)
     ref = _requant_reference(ref, 1, 5, 0, 255, seed) if requant else ref.astype(np.int32)
     return bb.get(), x, ref
 

@@ -13,10 +13,18 @@ import pytest
 tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
-from tvm import relax  # noqa: E402
 
 from targets.lowering.schedules import conv1x1_int8, conv2d_int8  # noqa: E402
-from tests.targets.test_schedules_int8 import HOST_VNNI, _host_has_avx2, compile_and_run, conv_case, host_target, only_rule  # noqa: E402
+from tests.targets.test_schedules_int8 import (  # noqa: E402
+    HOST_VNNI,
+    _host_has_avx2,
+    bare_conv_module,
+    compile_and_run,
+    conv_case,
+    conv_int64,
+    host_target,
+    only_rule,
+)
 from tests.targets.test_schedules_int8_avx2 import _check_kernel, _first_claim, avx2_target  # noqa: E402
 
 if not _host_has_avx2():
@@ -40,28 +48,13 @@ def test_conv1x1_pixels_bit_exact(c, h, f, requant):
     assert "vpbroadcastd" in asm  # the int16 weight pair: one 32-bit broadcast
 
 
-def _conv1x1_int32(shape, w: np.ndarray):
-    """Relax module: a bare uint8 x int8 -> int32 1x1 conv of an input of ``shape`` with ``w``."""
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), out_dtype="int32")))
-        bb.emit_func_output(gv)
-    return bb.get()
-
-
-def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return np.einsum("nchw,fc->nfhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64))
-
-
 def test_conv1x1_pixels_batch_exact():
     """Batch 3: each image's data pack is made right before its tiles; bit-exact per image."""
     rng = np.random.default_rng(8)
     x = rng.integers(0, 256, size=(3, 24, 8, 8)).astype(np.uint8)
     w = rng.integers(-127, 128, size=(40, 24, 1, 1)).astype(np.int8)
-    y, report, _ = compile_and_run(_conv1x1_int32(x.shape, w), x, target=avx2_target())
-    assert np.array_equal(y, _reference(x, w).astype(np.int32))
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w), x, target=avx2_target())
+    assert np.array_equal(y, conv_int64(x, w).astype(np.int32))
     assert only_rule(report) == PIXELS
 
 
@@ -71,8 +64,8 @@ def test_conv1x1_pixels_extreme_values_exact():
     x = np.full((1, 64, 8, 8), 255, np.uint8)
     w = np.where(rng.integers(0, 2, size=(32, 64, 1, 1)) == 1, 127, -127).astype(np.int8)
     w[:4] = -127  # channels whose every product is the most negative one
-    y, report, _ = compile_and_run(_conv1x1_int32(x.shape, w), x, target=avx2_target())
-    expect = _reference(x, w)
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w), x, target=avx2_target())
+    expect = conv_int64(x, w)
     assert np.array_equal(y, expect.astype(np.int32))
     assert expect.min() == -64 * 255 * 127
     assert only_rule(report) == PIXELS

@@ -21,8 +21,11 @@ from targets.lowering.schedules import common, conv2d_int8, default_rules, matmu
 from tests.targets.test_schedules_int8 import (  # noqa: E402
     HOST_VNNI,
     _host_has_avx2,
+    bare_conv_module,
+    bare_matmul_module,
     compile_and_run,
     conv_case,
+    conv_int64,
     dense_case,
     host_target,
     only_rule,
@@ -74,18 +77,8 @@ def test_conv2d_avx2_extreme_values_exact():
     x[:] = 255
     rng = np.random.default_rng(2)
     w = np.where(rng.integers(0, 2, size=(16, 16, 3, 3)) == 1, 127, -127).astype(np.int8)
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), padding=1, out_dtype="int32")))
-        bb.emit_func_output(gv)
-    y, report, _ = compile_and_run(bb.get(), x, target=avx2_target())
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expect = np.zeros((1, 16, 8, 8), np.int64)
-    for i in range(3):
-        for j in range(3):
-            expect += np.einsum("nchw,fc->nfhw", xp[:, :, i : i + 8, j : j + 8], w[:, :, i, j].astype(np.int64))
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w, 1), x, target=avx2_target())
+    expect = conv_int64(x, w, 1)
     assert np.array_equal(y, expect.astype(np.int32))
     assert np.abs(expect).max() > 32767 * 9  # the case does overflow int16 pair sums
     assert only_rule(report) == CONV
@@ -109,13 +102,7 @@ def test_batched_matmul_constant_weight_exact():
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, size=(2, 16, 64)).astype(np.uint8)
     w = rng.integers(-127, 128, size=(64, 128)).astype(np.int8)
-    bb = relax.BlockBuilder()
-    av = relax.Var("a", relax.TensorType(a.shape, "uint8"))
-    with bb.function("main", [av]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.matmul(av, relax.const(w, "int8"), out_dtype="int32")))
-        bb.emit_func_output(gv)
-    y, report, asm = compile_and_run(bb.get(), a, target=avx2_target())
+    y, report, asm = compile_and_run(bare_matmul_module(a.shape, w), a, target=avx2_target())
     assert np.array_equal(y, (a.astype(np.int64) @ w.astype(np.int64)).astype(np.int32))
     assert only_rule(report) == MATMUL
     _check_kernel(asm)

@@ -19,7 +19,16 @@ pytestmark = pytest.mark.tvm
 from tvm import relax  # noqa: E402
 
 from targets.lowering.schedules import common, constant_ranges, conv1x1_int8, conv2d_int8, matmul_int8  # noqa: E402
-from tests.targets.test_schedules_int8 import _host_has_avx2, compile_and_run, conv_case, dense_case, only_rule  # noqa: E402
+from tests.targets.test_schedules_int8 import (  # noqa: E402
+    _host_has_avx2,
+    bare_conv_module,
+    bare_matmul_module,
+    compile_and_run,
+    conv_case,
+    conv_int64,
+    dense_case,
+    only_rule,
+)
 from tests.targets.test_schedules_int8_avx2 import avx2_target  # noqa: E402
 
 if not _host_has_avx2():
@@ -46,26 +55,6 @@ def test_maddubs_conv_bit_exact_for_seven_bit_weights(c, h, f, k, stride, pad):
     assert "vpmaddubsw" in asm and "vpdpbusd" not in asm
 
 
-def _bare_conv(x: np.ndarray, w: np.ndarray, pad: int):
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), padding=pad, out_dtype="int32")))
-        bb.emit_func_output(gv)
-    return bb.get()
-
-
-def _reference(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    k, oh = w.shape[2], x.shape[2] + 2 * pad - w.shape[2] + 1
-    out = np.zeros((x.shape[0], w.shape[0], oh, oh), np.int64)
-    for i in range(k):
-        for j in range(k):
-            out += np.einsum("nchw,fc->nfhw", xp[:, :, i : i + oh, j : j + oh], w[:, :, i, j].astype(np.int64))
-    return out
-
-
 @pytest.mark.parametrize("bound,rule", [(64, MADDUBS), (65, WIDE)])
 def test_worst_case_pair_sums_and_the_bound(bound, rule):
     """All-255 activations with same-sign weight pairs of +-``bound``: at 64 every vpmaddubsw pair
@@ -76,8 +65,8 @@ def test_worst_case_pair_sums_and_the_bound(bound, rule):
     w = np.where(rng.integers(0, 2, size=(16, 16, 3, 3)) == 1, bound, -bound).astype(np.int8)
     w[:, 0:2] = bound  # channel pair (0, 1): both positive in every filter, the saturating case
     w[:4] = -bound
-    y, report, asm = compile_and_run(_bare_conv(x, w, 1), x, target=avx2_target())
-    expect = _reference(x, w, 1)
+    y, report, asm = compile_and_run(bare_conv_module(x.shape, w, 1), x, target=avx2_target())
+    expect = conv_int64(x, w, 1)
     assert np.array_equal(y, expect.astype(np.int32))
     assert only_rule(report) == rule
     assert ("vpmaddubsw" in asm) == (rule == MADDUBS)
@@ -106,8 +95,8 @@ def test_1x1_pixels_worst_case_pair_sums_exact():
     w = np.where(rng.integers(0, 2, size=(48, 32, 1, 1)) == 1, 64, -64).astype(np.int8)
     w[:, :2] = 64
     w[:3] = -64
-    y, report, _ = compile_and_run(_bare_conv(x, w, 0), x, target=avx2_target())
-    assert np.array_equal(y, _reference(x, w, 0).astype(np.int32))
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w, 0), x, target=avx2_target())
+    assert np.array_equal(y, conv_int64(x, w, 0).astype(np.int32))
     assert only_rule(report) == PIXELS_MADDUBS
 
 
@@ -131,13 +120,7 @@ def test_dense_maddubs_worst_case_pair_sums_exact():
     w = np.where(np.random.default_rng(1).integers(0, 2, size=(64, 32)) == 1, 64, -64).astype(np.int8)
     w[:2] = 64
     w[:, :8] = -64
-    bb = relax.BlockBuilder()
-    av = relax.Var("a", relax.TensorType(a.shape, "uint8"))
-    with bb.function("main", [av]):
-        with bb.dataflow():
-            gv = bb.emit_output(bb.emit(relax.op.matmul(av, relax.const(w, "int8"), out_dtype="int32")))
-        bb.emit_func_output(gv)
-    y, report, _ = compile_and_run(bb.get(), a, target=avx2_target())
+    y, report, _ = compile_and_run(bare_matmul_module(a.shape, w), a, target=avx2_target())
     assert np.array_equal(y, (a.astype(np.int64) @ w.astype(np.int64)).astype(np.int32))
     assert only_rule(report) == MATMUL_MADDUBS
 
@@ -146,8 +129,8 @@ def test_batch_of_three_exact():
     rng = np.random.default_rng(9)
     x = rng.integers(0, 256, size=(3, 8, 10, 10)).astype(np.uint8)
     w = rng.integers(-64, 65, size=(16, 8, 3, 3)).astype(np.int8)
-    y, report, _ = compile_and_run(_bare_conv(x, w, 1), x, target=avx2_target())
-    assert np.array_equal(y, _reference(x, w, 1).astype(np.int32))
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w, 1), x, target=avx2_target())
+    assert np.array_equal(y, conv_int64(x, w, 1).astype(np.int32))
     assert only_rule(report) == MADDUBS
 
 
