@@ -344,15 +344,28 @@ def has_avx2_int8(target: Target) -> bool:
         return False
 
 
-def _dot_desc(lanes: int, depth: int):
-    """The common description of our int8 dot-product intrinsics: C[lanes] (int32, local) +=
-    sum_k A[k] (uint8) * B[lanes, k] (int8), k < depth."""
+def _as_int32(load, stored: str | None):
+    """``load`` widened to int32; through ``stored`` first when the buffer holds bytes widened to
+    int16 (the form ``unsafe_set_dtype`` of a pack leaves in the conv block: the int16 load cast
+    back to the byte type, then widened)."""
     from tvm.script import tirx as T
+
+    return T.cast(load if stored is None else T.cast(load, stored), "int32")
+
+
+def _dot_desc(lanes: int, depth: int, widened: bool = False):
+    """The description of our channel-vectorized int8 dot-product intrinsics: C[lanes] (int32,
+    local) += sum_k A[k] (uint8) * B[lanes, k] (int8), k < depth. ``widened``: both operands are
+    stored as int16 (common.AVX2_WIDE_DOT_INTRIN)."""
+    from tvm.script import tirx as T
+
+    a_dtype, b_dtype = ("int16", "int16") if widened else ("uint8", "int8")
+    a_stored, b_stored = ("uint8", "int8") if widened else (None, None)
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((depth,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes, depth), "int8", offset_factor=1),
+        A: T.Buffer((depth,), a_dtype, offset_factor=1),
+        B: T.Buffer((lanes, depth), b_dtype, offset_factor=1),
         C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
@@ -362,7 +375,33 @@ def _dot_desc(lanes: int, depth: int):
                 for k in T.serial(0, depth):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        C[vi] = C[vi] + _as_int32(A[vk], a_stored) * _as_int32(B[vi, vk], b_stored)
+
+    return desc
+
+
+def _pixel_desc(depth: int, widened_weight: bool = False):
+    """The description of the pixel-vectorized ones (conv1x1_int8.py): C[8] += sum_k A[8, k]
+    (uint8) * B[k] (int8), k < depth -- 8 pixels against one output channel's weights.
+    ``widened_weight``: B is stored as int16 (common.AVX2_PIXEL_DOT_INTRIN)."""
+    from tvm.script import tirx as T
+
+    b_dtype, b_stored = ("int16", "int8") if widened_weight else ("int8", None)
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((AVX2_LANES, depth), "uint8", offset_factor=1),
+        B: T.Buffer((depth,), b_dtype, offset_factor=1),
+        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:depth], B[0:depth])
+            T.writes(C[0:AVX2_LANES])
+            for i in T.serial(0, AVX2_LANES):
+                for k in T.serial(0, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + _as_int32(A[vi, vk], None) * _as_int32(B[vk], b_stored)
 
     return desc
 
@@ -479,30 +518,6 @@ def register_avx2_intrinsic() -> str:
 AVX2_PIXEL_DOT_INTRIN = "edgekiln_dot_8px2_u8i16i32_avx2"
 
 
-def _pixel_dot_desc():
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((AVX2_LANES, AVX2_DEPTH), "uint8", offset_factor=1),
-        B: T.Buffer((AVX2_DEPTH,), "int16", offset_factor=1),
-        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:AVX2_DEPTH], B[0:AVX2_DEPTH])
-            T.writes(C[0:AVX2_LANES])
-            for i in T.serial(0, AVX2_LANES):
-                for k in T.serial(0, AVX2_DEPTH):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        # int16 -> int8 -> int32: the form the rule's compile-time widening
-                        # (``unsafe_set_dtype`` of the weight pack) leaves in the conv block; the
-                        # stored values are int8, so the impl reads the int16 pair as is
-                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(T.cast(B[vk], "int8"), "int32")
-
-    return desc
-
-
 def _pixel_dot_impl():
     from tvm.script import tirx as T
 
@@ -528,7 +543,7 @@ def _pixel_dot_impl():
 
 def register_avx2_pixel_intrinsic() -> str:
     """Register :data:`AVX2_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_PIXEL_DOT_INTRIN, _pixel_dot_impl, make_desc=_pixel_dot_desc)
+    return _register_once(AVX2_PIXEL_DOT_INTRIN, _pixel_dot_impl, make_desc=lambda: _pixel_desc(AVX2_DEPTH, widened_weight=True))
 
 
 # Both operands pre-widened to int16 (conv2d_int8.Conv2dInt8AVX2): C[8] += sum_k A[k] * B[8, k],
@@ -539,29 +554,6 @@ def register_avx2_pixel_intrinsic() -> str:
 # on Zen 3 competed with vpmaddwd for the vector pipes (measured 15-28% faster on ResNet-18's 3x3
 # convs). Exact for the reason above: vpmaddwd multiplies int16 values that are bytes.
 AVX2_WIDE_DOT_INTRIN = "edgekiln_dot_8x2_w16i32_avx2"
-
-
-def _wide_dot_desc():
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((AVX2_DEPTH,), "int16", offset_factor=1),
-        B: T.Buffer((AVX2_LANES, AVX2_DEPTH), "int16", offset_factor=1),
-        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:AVX2_LANES], A[0:AVX2_DEPTH], B[0:AVX2_LANES, 0:AVX2_DEPTH])
-            T.writes(C[0:AVX2_LANES])
-            for i in T.serial(0, AVX2_LANES):
-                for k in T.serial(0, AVX2_DEPTH):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        # the form ``unsafe_set_dtype`` of both packs leaves in the conv block: each
-                        # int16 load cast back to the stored byte type, then widened to int32
-                        C[vi] = C[vi] + T.cast(T.cast(A[vk], "uint8"), "int32") * T.cast(T.cast(B[vi, vk], "int8"), "int32")
-
-    return desc
 
 
 def _wide_dot_impl():
@@ -589,7 +581,7 @@ def _wide_dot_impl():
 
 def register_avx2_wide_intrinsic() -> str:
     """Register :data:`AVX2_WIDE_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_WIDE_DOT_INTRIN, _wide_dot_impl, make_desc=_wide_dot_desc)
+    return _register_once(AVX2_WIDE_DOT_INTRIN, _wide_dot_impl, make_desc=lambda: _dot_desc(AVX2_LANES, AVX2_DEPTH, widened=True))
 
 
 # 8x4 u8 x s8 -> s32 with ``vpmaddubsw`` for weights proven small (conv2d_int8.Conv2dInt8AVX2Maddubs):
@@ -652,27 +644,6 @@ def register_avx2_maddubs_intrinsic() -> str:
 AVX2_PIXEL_MADDUBS_INTRIN = "edgekiln_dot_8px4_u8i7i32_avx2"
 
 
-def _pixel_maddubs_desc():
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((AVX2_LANES, MADDUBS_DEPTH), "uint8", offset_factor=1),
-        B: T.Buffer((MADDUBS_DEPTH,), "int8", offset_factor=1),
-        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:MADDUBS_DEPTH], B[0:MADDUBS_DEPTH])
-            T.writes(C[0:AVX2_LANES])
-            for i in T.serial(0, AVX2_LANES):
-                for k in T.serial(0, MADDUBS_DEPTH):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
-
-    return desc
-
-
 def _pixel_maddubs_impl():
     from tvm.script import tirx as T
 
@@ -694,7 +665,7 @@ def _pixel_maddubs_impl():
 
 def register_avx2_pixel_maddubs_intrinsic() -> str:
     """Register :data:`AVX2_PIXEL_MADDUBS_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=_pixel_maddubs_desc)
+    return _register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=lambda: _pixel_desc(MADDUBS_DEPTH))
 
 
 # Function attribute set by ``schedules.attach_constant_ranges``: [[param index, min, max], ...]
