@@ -256,6 +256,7 @@ def compile_model(
     rpc_key: str | None = None,
     rpc_timeout: float | None = None,
     profile_layers: bool = False,
+    per_image: str = "auto",
 ) -> CompileResult:
     """Compile an ONNX model for ``target`` into the output directory ``output``.
 
@@ -306,6 +307,10 @@ def compile_model(
             after the last of them and time every kernel (here, or on the board when
             ``rpc_tracker`` is given), to fill the measured column of the report's per-layer
             compression table (:mod:`compiler.layer_profile`). Costs two extra builds.
+        per_image: ``"auto"`` (default), ``"on"`` or ``"off"``: run a batched model image by image
+            inside the artifact (one batch-1 network called N times) where the graph provably acts
+            image by image and, for ``auto``, the target's cache model predicts less memory
+            traffic (targets/lowering/batch_split.py). The report's lowering notes say which.
 
     Returns:
         CompileResult with the output directory and the report dict.
@@ -324,6 +329,10 @@ def compile_model(
                                sensitivity, rounding)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
+    from targets.lowering.batch_split import MODES as PER_IMAGE_MODES
+
+    if per_image not in PER_IMAGE_MODES:
+        raise OptionError(f"--per-image {per_image}: expected one of {', '.join(PER_IMAGE_MODES)}")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:
         raise OptionError(f"--tuning-records {tuning_records}: no such directory")
     remote = None
@@ -414,9 +423,10 @@ def compile_model(
             from targets.lowering import load_library, lower_model
             from targets.lowering.cross import ToolchainMissingError
 
-            records_root = _tuning_records(optimized_proto, target_obj, shapes, tune, tuning_records, timings)
+            records_root = _tuning_records(optimized_proto, target_obj, shapes, tune, tuning_records, timings, per_image)
             try:
-                result = lower_model(optimized_proto, target_obj, shapes, tmp, tuning_records=records_root)
+                result = lower_model(optimized_proto, target_obj, shapes, tmp, tuning_records=records_root,
+                                     per_image=per_image)
             except ToolchainMissingError as exc:
                 # DESIGN: a missing toolchain still gives the optimized model, the cost model and
                 # the report; the status says what to install.
@@ -539,14 +549,15 @@ def _quantization_summary(original: Model, quantized: Model, feeds_list: list[Fe
     return {"layers": rows, "output_agreement": agreement, "feeds": len(feeds_list)}
 
 
-def _tuning_records(model_proto, target, shapes, tune: int, records, timings: dict[str, Any]) -> Path | None:
+def _tuning_records(model_proto, target, shapes, tune: int, records, timings: dict[str, Any],
+                    per_image: str = "auto") -> Path | None:
     """Run ``--tune`` if asked and return the records root the build should apply (or None)."""
     if tune:
         from targets.lowering.tuning import print_progress
         from targets.lowering.tuning import tune as run_tuning
 
         root = Path(records) if records is not None else DEFAULT_RECORDS_DIR
-        summary = run_tuning(model_proto, target, shapes, root, tune, progress=print_progress)
+        summary = run_tuning(model_proto, target, shapes, root, tune, progress=print_progress, per_image=per_image)
         timings["tuning_s"] = summary.seconds
         return root
     if records is not None:

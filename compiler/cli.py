@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_const", const=True, default="auto", help="check every pass against ONNX Runtime (default: on for models up to 30M weights)")
     verify.add_argument("--no-verify", dest="verify", action="store_const", const=False, help="skip the per-pass checks (the artifact is still checked)")
+    parser.add_argument("--per-image", choices=["auto", "on", "off"], default="auto", help="batched models: run the batch image by image inside the artifact (one batch-1 network called N times), which keeps each layer's activations in cache; auto (default) does it where the graph provably acts image by image and the target's cache model predicts less memory traffic; the report's lowering notes say which")
     parser.add_argument("--arch", metavar="SM", help="GPU architecture for CUDA targets, e.g. sm_80 or sm_90 (default: the target's)")
     parser.add_argument("--estimate-only", action="store_true", help="run the passes and print the target's per-layer cost estimate; build nothing, write nothing")
     parser.add_argument("--no-lower", dest="lower", action="store_false", help="run the ONNX passes and write the report, but do not build with TVM")
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             rpc_key=args.rpc_key,
             rpc_timeout=args.rpc_timeout,
             profile_layers=args.profile_layers,
+            per_image=args.per_image,
         )
     except EdgekilnError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import int4, requant_float, schedules
+from targets.lowering import batch_split, int4, requant_float, schedules
 from targets.lowering.errors import lowering_step
 
 
@@ -58,11 +58,14 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
     return mod
 
 
-def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None = None) -> BuildOutput:
+def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None = None,
+          per_image_batch: int | None = None) -> BuildOutput:
     """Optimize, schedule and compile ``mod`` for ``tvm_target``. TVM errors become LoweringError.
 
     ``records`` is a tuning-record directory (tuning.find_records); functions it covers keep their
-    tuned schedule and are reported as scheduled by rule ``"tuned"``.
+    tuned schedule and are reported as scheduled by rule ``"tuned"``. ``per_image_batch`` = N: ``mod``
+    is the batch-1 network, and the executable's ``main`` runs it on each of N images
+    (batch_split.py); records and rules see only the batch-1 kernels.
     """
     start = time.perf_counter()
     mod = prepare(mod, tvm_target)
@@ -91,6 +94,10 @@ def build(mod: tvm.IRModule, tvm_target: tvm.target.Target, records: Path | None
             mod, unpackers = int4.schedule_unpack_kernels(mod, tvm_target)
             mod, report = schedules.apply_default_schedules(mod, tvm_target)
             report.scheduled.update(dict.fromkeys(unpackers, "int4-unpack"))
+        if per_image_batch is not None:
+            with lowering_step("per-image wrapper"):
+                mod, added = batch_split.wrap_per_image(mod, per_image_batch, tvm_target)
+            report.scheduled.update(added)
         names = {gvar.name_hint for gvar in mod.get_global_vars()}
         for name in tuned:
             # A tuned conv whose weight was pre-packed is renamed "<name>_prepacked".

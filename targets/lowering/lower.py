@@ -26,7 +26,7 @@ import onnx
 
 from compiler.errors import OptionError
 from targets.lowering import build as build_step
-from targets.lowering import cross, importer, tvm_target
+from targets.lowering import batch_split, cross, importer, tvm_target
 from targets.lowering.errors import lowering_step
 from targets.registry import Target
 
@@ -77,6 +77,19 @@ def _vpmaddwd_rules() -> set[str]:
     return {Conv2dInt8AVX2.name, Conv1x1Int8PixelsAVX2.name, MatmulInt8AVX2.name}
 
 
+def plan_batch(model_proto: onnx.ModelProto, target: Target, input_shapes: Mapping[str, Sequence[int]],
+               per_image: str, kind: str, kernel_library: bool = False) -> batch_split.BatchPlan:
+    """Whether the artifact runs the batch image by image (batch_split.plan), for CPU targets;
+    tuning calls this too, so its kernels are the ones the build will schedule."""
+    shapes = importer.static_shapes(model_proto, input_shapes)
+    if kind != "llvm" or kernel_library:
+        if per_image == "on":
+            why = "per-kernel measurement" if kernel_library else f"{kind} targets"
+            raise OptionError(f"--per-image on is not supported for {why} (CPU builds only)")
+        return batch_split.BatchPlan(None, model_proto, shapes)
+    return batch_split.plan(model_proto, shapes, batch_split.target_cache_bytes(target), per_image)
+
+
 def _library_name(target: Target, library_name: str) -> str:
     if not library_name or "/" in library_name or library_name.startswith("."):
         raise OptionError(f"invalid library name '{library_name}'")
@@ -93,6 +106,7 @@ def lower_model(
     library_name: str = "model",
     tuning_records: Path | None = None,
     kernel_library: bool = False,
+    per_image: str = "auto",
 ) -> LoweringResult:
     """Compile ``model_proto`` for ``target`` into ``out_dir/<library_name>.<so|tar>``.
 
@@ -101,6 +115,9 @@ def lower_model(
     records matching this target and TVM version are applied, others are ignored with a note.
     ``kernel_library`` also writes the kernels alone (``<library_name>.kernels.so``) and lists the
     calls of ``main`` (per-kernel timing on a device; CPU targets only).
+    ``per_image`` (auto, on, off): run a batched model image by image inside the artifact where
+    the graph allows it and, for ``auto``, the cache model predicts less memory traffic
+    (batch_split.py; CPU targets only, not with ``kernel_library``).
     Raises UnsupportedModelError for operators TVM cannot import, OptionError for bad shapes or
     target specs, LoweringError (one line naming the step) for anything TVM fails on.
     """
@@ -114,11 +131,14 @@ def lower_model(
     cross.check_integer_only(model_proto, target)
     cross.require_cross_compiler(target)
 
+    kind = str(resolved.kind.name)
+    split = plan_batch(model_proto, target, input_shapes, per_image, kind, kernel_library)
+    if split.note:
+        notes.append(split.note)
     start = time.perf_counter()
-    mod = importer.import_onnx(model_proto, input_shapes, notes)
+    mod = importer.import_onnx(split.model, split.shapes, notes)
     seconds["import"] = time.perf_counter() - start
 
-    kind = str(resolved.kind.name)
     if kernel_library and kind != "llvm":
         raise OptionError(f"target '{target.name}': per-kernel measurement supports CPU (llvm) targets only, not {kind}")
     kernel_file, kernel_list = None, []
@@ -148,7 +168,7 @@ def lower_model(
                 records = tuning.find_records(Path(tuning_records), resolved, notes)
                 if records is None:
                     notes.append(f"no tuning records for this target and TVM version under {tuning_records}; default schedules only")
-            built = build_step.build(mod, resolved, records)
+            built = build_step.build(mod, resolved, records, per_image_batch=split.batch)
             if records is not None:
                 tuned = sum(1 for rule in built.schedule_report.scheduled.values() if rule == "tuned")
                 notes.append(f"tuning records {records}: {tuned} kernel(s) use a tuned schedule, the others the default rules")

@@ -590,6 +590,7 @@ def tune(
     builder_timeout_s: float = 90.0,
     runner_timeout_s: float = 60.0,
     seed: int = 0,
+    per_image: str = "auto",
 ) -> TuningSummary:
     """Tune ``model_proto`` for ``target`` with MetaSchedule into ``records_dir/<key>/``.
 
@@ -599,6 +600,8 @@ def tune(
     raising KeyboardInterrupt from it, or pressing Ctrl-C, stops the search after the current batch
     and returns with ``interrupted=True`` (everything measured is already in the database).
     ``cost_model="xgb"`` needs the ``tune`` extra (xgboost-cpu); ``"random"`` needs nothing.
+    ``per_image`` is the build's (lower.plan_batch): a batch the build runs image by image is tuned
+    as the batch-1 network, whose kernels the build schedules.
 
     Raises OptionError for targets whose code cannot run on this machine (candidates are timed
     locally) and for ``trials_per_task < 1``.
@@ -622,7 +625,10 @@ def tune(
     arm = _is_arm(resolved)
     ms_worker.fast_tensor_intrin(arm=arm)  # before any TuneContext exists (B3)
 
-    mod = importer.import_onnx(model_proto, input_shapes)
+    from targets.lowering.lower import plan_batch
+
+    split = plan_batch(model_proto, target, input_shapes, per_image, str(resolved.kind.name))
+    mod = importer.import_onnx(split.model, split.shapes)
     with lowering_step("tuning preparation"):
         mod = prepare_for_tuning(mod, resolved)
         all_tasks = ms.relax_integration.extract_tasks(mod, tuning_target)
