@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
         "unscheduled": lowering.get("unscheduled", []),
         "tuned_functions": sum(1 for rule in (lowering.get("scheduled") or {}).values() if rule == "tuned"),
         "lowering_s": result.report.get("run", {}).get("lowering_s"),
+        # N when the artifact runs the batch image by image (targets/lowering/batch_split.py)
+        "per_image_batch": lowering.get("per_image_batch"),
     }))
     return 0
 

@@ -441,6 +441,7 @@ def compile_model(
                 "unscheduled": result.unscheduled,
                 "notes": result.notes,
                 "artifact": result.artifact,
+                "per_image_batch": result.per_image_batch,
             }
             timings["lowering_s"] = result.seconds
             integer_model = optimized_proto if integer_only else None

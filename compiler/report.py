@@ -65,7 +65,8 @@ precisions, channel_multiple); the caller may add ``"cost_model": RooflineCostMo
 
 ``lowering``: null when not lowered, else a deterministic dict from ``targets.lowering`` (e.g.
 ``{"library": "model.so", "tvm_target": dict, "scheduled": [...], "unscheduled": [...],
-"notes": [...]}``); no times.
+"notes": [...], "per_image_batch": N|null}``; ``per_image_batch`` is N when the artifact runs the
+batch-1 network on each of N images, see targets/lowering/batch_split.py); no times.
 
 ``run``: the only non-deterministic block: the ``timing`` argument, plus ``"passes"`` when the pass
 records carry ``seconds``. Recognised entries (all optional)::

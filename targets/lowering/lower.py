@@ -52,6 +52,8 @@ class LoweringResult:
             argument signatures (targets/lowering/kernels.py); empty otherwise.
         kernel_library_file: with ``kernel_library``: ``<library_name>.kernels.so`` in ``out_dir``,
             the kernels alone, for timing them one by one on a device; None otherwise.
+        per_image_batch: N when ``main`` runs the batch-1 network on each of N images
+            (batch_split.py), else None.
     """
 
     library_file: str
@@ -65,6 +67,7 @@ class LoweringResult:
     artifact: dict[str, Any] = dataclasses.field(default_factory=dict)
     kernels: list = dataclasses.field(default_factory=list)
     kernel_library_file: str | None = None
+    per_image_batch: int | None = None
 
 
 def _vpmaddwd_rules() -> set[str]:
@@ -206,6 +209,7 @@ def lower_model(
         artifact=artifact,
         kernels=kernel_list,
         kernel_library_file=kernel_file,
+        per_image_batch=split.batch,
     )
 
 

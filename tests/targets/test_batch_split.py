@@ -193,6 +193,7 @@ def test_per_image_build_equals_onnxruntime_on_the_batch(tmp_path):
     )
     result = lower_model(proto, get_target("cpu"), {}, tmp_path, per_image="on")
     assert any("runs image by image" in note for note in result.notes), result.notes
+    assert result.per_image_batch == 4
     assert not result.unscheduled
     assert sum(1 for name in result.scheduled if name.startswith("strided_slice")) >= 4
     library = load_library(tmp_path / result.library_file, result.input_names)
@@ -229,6 +230,7 @@ def test_integer_only_per_image_artifact_is_bit_exact(tmp_path):
     result = compile_model(path, output=tmp_path / "out", quantize="int8", calibration=calibration,
                            measure=False, verify=False, per_image="on", progress=False)
     assert any("runs image by image" in note for note in result.report["lowering"]["notes"])
+    assert result.report["lowering"]["per_image_batch"] == 4
     exact = result.report["summary"]["verification"]["integer_bit_exact"]
     assert exact["passed"] is True, exact
 
