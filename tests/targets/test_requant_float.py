@@ -67,12 +67,13 @@ def test_float_form_declines_what_it_cannot_represent():
     assert float_requant_constants(*big, 0, 255) is None
 
 
-def _requant_conv(shift: int):
-    """conv2d u8 x i8 + bias, then emit.py's int64 requantizer with one shift for all channels."""
+def _requant_conv(shift: int, multipliers: tuple[int, int] = (1 << 29, 1 << 30)):
+    """conv2d u8 x i8 + bias, then emit.py's int64 requantizer with one shift for all channels and
+    multipliers drawn from ``multipliers``."""
     rng = np.random.default_rng(shift)
     f = 16
     w = rng.integers(-127, 128, size=(f, 8, 3, 3)).astype(np.int8)
-    mult = rng.integers(1 << 29, 1 << 30, f).reshape(1, f, 1, 1)
+    mult = rng.integers(*multipliers, f).reshape(1, f, 1, 1)
     m, r, s, z = _emit_constants(mult, np.full((1, f, 1, 1), shift), 5)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType((1, 8, 16, 16), "uint8"))
@@ -111,6 +112,47 @@ def test_rewrite_is_bit_exact_end_to_end():
         want, got = _run(mod, x), _run(rewritten, x)
         assert np.array_equal(want, got)
         assert 0 < np.count_nonzero((want > 0) & (want < 200))  # not all clamped: the case tests the arithmetic
+
+
+def test_int32_form_equals_int64_chain():
+    """qparams.narrow_dyadic's constants (S = 22, M with 12+ bits): the clamped chain fits int32,
+    and the int32 arithmetic (arithmetic shift = floor) equals the int64 chain on the same probes."""
+    rng = np.random.default_rng(7)
+    channels, zp, lo, hi = 24, 117, 0, 255
+    m = rng.integers(1 << 11, 1 << 22, channels)
+    s = np.full(channels, 22)
+    consts = float_requant_constants(*_emit_constants(m, s, zp), lo, hi)
+    narrow = consts["int32"]
+    for ch in range(channels):
+        window = np.arange(-3000, 3000)
+        a = np.concatenate([consts["A_lo"][ch] + window, consts["A_hi"][ch] + window,
+                            rng.integers(-(1 << 31), 1 << 31, 4000), np.array([-(1 << 31), (1 << 31) - 1, 0, -1, 1])])
+        a = np.clip(a, -(1 << 31), (1 << 31) - 1)
+        clamped = np.clip(a, int(consts["A_lo"][ch]), int(consts["A_hi"][ch])).astype(np.int64)
+        product = clamped * int(narrow["M"][ch]) + int(narrow["half"][ch])
+        assert product.min() >= -(1 << 31) and product.max() < 1 << 31  # no int32 overflow
+        q = (product.astype(np.int32) >> np.int32(narrow["S"][ch])) + np.int32(narrow["zp"][ch])
+        assert np.array_equal(np.clip(q, lo, hi), _int64_chain(a, int(m[ch]), 22, zp, lo, hi)), ch
+    # 30-bit multipliers overflow int32 after the clamp: no int32 form (the float64 one stays)
+    wide = float_requant_constants(*_emit_constants(np.array([1 << 29]), np.array([38]), zp), lo, hi)
+    assert wide is not None and "int32" not in wide
+
+
+def test_rewrite_uses_int32_lanes_when_products_fit():
+    mod = _requant_conv(shift=22, multipliers=(1 << 11, 1 << 14))
+    rewritten, count, kept = rewrite_requant_chains(mod)
+    assert (count, kept) == (1, 0)
+    calls = _calls(rewritten)
+    shifts = [call for call in calls if call.op.name == "relax.right_shift"]
+    assert [str(call.ty.dtype) for call in shifts] == ["int32"]
+    assert "relax.floor" not in {call.op.name for call in calls}
+    for seed in range(3):
+        x = np.random.default_rng(seed).integers(0, 256, size=(1, 8, 16, 16)).astype(np.uint8)
+        if seed == 2:
+            x[:] = 255
+        want, got = _run(mod, x), _run(rewritten, x)
+        assert np.array_equal(want, got)
+        assert 0 < np.count_nonzero((want > 0) & (want < 200))
 
 
 def test_rewrite_keeps_inexact_chains():

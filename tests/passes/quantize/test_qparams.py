@@ -101,3 +101,17 @@ def test_bias_rounds_to_the_accumulator_scale() -> None:
     assert list(b) == [round(1.3 / 0.05), round(-0.7 / 0.025)]
     with pytest.raises(ValueError, match="conv1"):
         quantize_bias(np.array([1.0]), 1e-30, np.array([1e-30]), where="conv1")
+
+
+def test_narrow_dyadic_caps_the_shift_where_the_multiplier_keeps_12_bits():
+    from passes.quantize.qparams import INT32_REQUANT_SHIFT, NARROW_MIN_BITS, narrow_dyadic
+
+    for r in (2.0**-3, 0.0123, 2.0**-9 * 1.37, 2.0**-10 * 1.01):
+        m, s = narrow_dyadic(r)
+        assert s == INT32_REQUANT_SHIFT and 1 << (NARROW_MIN_BITS - 1) <= m < 1 << 30
+        assert abs(m / 2.0**s - r) / r <= 2.0**-NARROW_MIN_BITS
+    # a large factor needs no cap; a tiny one would keep too few bits: the full-precision pair
+    assert narrow_dyadic(300.0) == dyadic(300.0) and dyadic(300.0)[1] <= INT32_REQUANT_SHIFT
+    assert narrow_dyadic(2.0**-13) == dyadic(2.0**-13)
+    m, s = dyadic_array(np.array([0.0123, 2.0**-13]), narrow=True)
+    assert [int(v) for v in s] == [INT32_REQUANT_SHIFT, dyadic(2.0**-13)[1]]
