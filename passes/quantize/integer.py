@@ -498,7 +498,7 @@ class _IntegerRewrite:
         out, lo, hi, folded = self._clamp(node.outputs[0])
         qp_out = self.qparams(out)
         try:
-            (m_a, m_b), shift = shared_shift_multipliers([qa.qp.scale / qp_out.scale, qb.qp.scale / qp_out.scale])
+            (m_a, m_b), shift = shared_shift_multipliers([qa.qp.scale / qp_out.scale, qb.qp.scale / qp_out.scale], narrow=True)
         except DyadicError as exc:
             raise ValueError(f"{label(node)}: {exc}") from None
         base = node.name or out.name
@@ -518,7 +518,7 @@ class _IntegerRewrite:
                 parts.append(q.value)
                 continue
             try:
-                (m,), shift = shared_shift_multipliers([q.qp.scale / qp_out.scale])
+                (m,), shift = shared_shift_multipliers([q.qp.scale / qp_out.scale], narrow=True)
             except DyadicError as exc:
                 raise ValueError(f"{label(node)} input {index}: {exc}") from None
             parts.append(self.emit.requantize_branches([(q.value, q.qp, m)], shift, qp_out, qp_out.qmin, qp_out.qmax, value.shape, f"{base}_in{index}"))

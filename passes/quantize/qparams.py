@@ -191,6 +191,8 @@ def dyadic(r: float) -> tuple[int, int]:
 INT32_REQUANT_SHIFT = 22
 #: Fewest bits a capped multiplier may keep (relative error <= 2^-NARROW_MIN_BITS).
 NARROW_MIN_BITS = 12
+#: Smallest shift a narrowed branch rescale may use (:func:`shared_shift_multipliers`).
+NARROW_MIN_BRANCH_SHIFT = 16
 
 
 def narrow_dyadic(r: float) -> tuple[int, int]:
@@ -227,13 +229,22 @@ def dyadic_array(r: np.ndarray, narrow: bool = False) -> tuple[np.ndarray, np.nd
     return m, s
 
 
-def shared_shift_multipliers(rs: list[float]) -> tuple[list[int], int]:
+def shared_shift_multipliers(rs: list[float], narrow: bool = False) -> tuple[list[int], int]:
     """Multipliers for several branches that share one shift S (residual Add, Concat rescale).
 
     S is chosen by ``dyadic`` for the largest factor (its M is in [2^29, 2^30)); the others are
-    M_i = round(r_i * 2^S) < 2^30, with absolute error <= 2^-(S+1) each. Raises DyadicError.
+    M_i = round(r_i * 2^S) < 2^30, with absolute error <= 2^-(S+1) each. With ``narrow`` (8-bit
+    branches), S is lowered to the largest shift whose rescale sum fits int32, when that is at
+    least :data:`NARROW_MIN_BRANCH_SHIFT`. Raises DyadicError.
     """
     _, shift = dyadic(max(rs))
+    if narrow:
+        # 8-bit branches: |q_i - zp_i| <= 255, so sum_i 255 |M_i| + 2^(S-1) < 2^31 keeps the
+        # rescale sum in int32 (targets/lowering/requant_float.py). Its absolute error per branch
+        # is <= 255 * 2^-(S+1) output steps, <= 2^-8 for S >= NARROW_MIN_BRANCH_SHIFT.
+        cap = int(math.floor(math.log2(((1 << 31) - 1) / (256.0 * sum(abs(r) for r in rs) + 0.5))))
+        if NARROW_MIN_BRANCH_SHIFT <= cap < shift:
+            shift = cap
     return [int(round(math.ldexp(r, shift))) for r in rs], shift
 
 
@@ -279,4 +290,4 @@ def dyadic_bounded(r: float, bound: int) -> tuple[int, int]:
 
 
 __all__ += ["dyadic_bounded", "shared_shift_multipliers", "requantize_reference", "M_LOW", "M_HIGH", "S_MIN", "S_MAX",
-            "narrow_dyadic", "INT32_REQUANT_SHIFT", "NARROW_MIN_BITS"]
+            "narrow_dyadic", "INT32_REQUANT_SHIFT", "NARROW_MIN_BITS", "NARROW_MIN_BRANCH_SHIFT"]

@@ -35,7 +35,7 @@ exact because every value is the int64 chain's value, none leaves the int32 rang
 arithmetic right shift of a negative int32 is its floor division by 2^S. Per 8 outputs that is
 ~9 AVX2 instructions (``vpmulld``, ``vpsravd``, adds and clamps) instead of ~18.
 
-The same tail after the residual Add / Concat rescale, ``p = sum_i (q_i - zp_i) M_i`` over 8-bit
+The same tail after the residual Add / Concat rescale (int32 too when its sum fits), ``p = sum_i (q_i - zp_i) M_i`` over 8-bit
 branch inputs q_i (passes/quantize/emit.py ``rescale_sum``), becomes
 ``clip(int32(floor(sum_i (float64(q_i) - zp_i) * M_i 2^-S + Cf)), lo, hi)``: no clamp is needed,
 the q_i are bounded by their 8-bit range, and every term and partial sum is an exact double when
@@ -80,7 +80,9 @@ def float_branch_constants(branches, r, s, z) -> dict | None:
     8-bit branches ``[(dtype, zp_i, M_i)]``: per branch ``Mf_i = M_i 2^-S`` and ``zpf_i``, and
     ``Cf = zp + 1/2`` (all float64, broadcast with S); None unless every intermediate is an exact
     double (the numerator sum_i max|q_i - zp_i| |M_i| + 2^(S-1) + |zp| 2^S below 2^53). No clamp
-    is needed: the branch inputs are bounded by their 8-bit range."""
+    is needed: the branch inputs are bounded by their 8-bit range. With ``"int32"`` (``M`` and
+    ``zp_in`` per branch, ``half``, ``S``, ``zp``) when sum_i max|q_i - zp_i| |M_i| + 2^(S-1) <
+    2^31: the sum, rounded and shifted arithmetically in int32, is the same integer."""
     zps = _tail_constants(r, s, z)
     if zps is None:
         return None
@@ -92,18 +94,30 @@ def float_branch_constants(branches, r, s, z) -> dict | None:
     out = {"Mf": [np.empty(shape, np.float64) for _ in branches], "zpf": [np.empty(shape, np.float64) for _ in branches],
            "Cf": np.empty(shape, np.float64)}
     ranges = {"uint8": (0, 255), "int8": (-128, 127)}
+    narrow = True
     for index in np.ndindex(shape):
         si, zp = int(s_b[index]), int(zp_b[index])
-        bound = (1 << (si - 1)) + abs(zp << si)
+        half = 1 << (si - 1)
+        products = 0
         for i, (dtype, _, _) in enumerate(branches):
             qmin, qmax = ranges[dtype]
             mi, zpi = int(ms[i][index]), int(bzps[i][index])
-            bound += max(abs(qmin - zpi), abs(qmax - zpi)) * abs(mi)
+            products += max(abs(qmin - zpi), abs(qmax - zpi)) * abs(mi)
             out["Mf"][i][index] = mi * 2.0**-si
             out["zpf"][i][index] = zpi
-        if bound >= 1 << _EXACT_BITS or not -(1 << 31) < zp < 1 << 31:
+        if products + half + abs(zp << si) >= 1 << _EXACT_BITS or not -(1 << 31) < zp < 1 << 31:
             return None
         out["Cf"][index] = zp + 0.5
+        narrow &= products + half < 1 << 31
+    if narrow:
+        # The sum and its rounding term fit int32 (zp is added after the shift): the int32 form.
+        out["int32"] = {
+            "M": [np.broadcast_to(np.asarray(m).astype(np.int64), shape).astype(np.int32) for m in ms],
+            "zp_in": [np.broadcast_to(np.asarray(z).astype(np.int64), shape).astype(np.int32) for z in bzps],
+            "half": (np.int64(1) << (s_b.astype(np.int64) - 1)).astype(np.int32),
+            "S": s_b.astype(np.int64).astype(np.int32),
+            "zp": zp_b.astype(np.int64).astype(np.int32),
+        }
     return out
 
 
@@ -311,6 +325,20 @@ class _RequantRewriter(relax.PyExprMutator):
                 return relax.op.astype(x, _dtype(call))
             x = emit(relax.op.astype(x, "float64"))
             x = emit(relax.op.multiply(x, relax.const(consts["Mf"], "float64")))
+        elif consts.get("int32") is not None:
+            narrow, x = consts["int32"], None
+            self.narrow += 1
+            for (q, _, _), m, zp_in in zip(branches, narrow["M"], narrow["zp_in"]):
+                term = emit(relax.op.astype(self.visit_expr(q), "int32"))
+                term = emit(relax.op.subtract(term, relax.const(zp_in, "int32")))
+                term = emit(relax.op.multiply(term, relax.const(m, "int32")))
+                x = term if x is None else emit(relax.op.add(x, term))
+            x = emit(relax.op.add(x, relax.const(narrow["half"], "int32")))
+            x = emit(relax.op.right_shift(x, relax.const(narrow["S"], "int32")))  # arithmetic: floor
+            x = emit(relax.op.add(x, relax.const(narrow["zp"], "int32")))
+            x = emit(relax.op.maximum(x, relax.const(lo, "int32")))
+            x = emit(relax.op.minimum(x, relax.const(hi, "int32")))
+            return relax.op.astype(x, _dtype(call))
         else:
             x = None
             for (q, _, _), mf, zpf in zip(branches, consts["Mf"], consts["zpf"]):

@@ -195,6 +195,36 @@ def test_branch_form_equals_int64_chain(dtypes):
     assert 0 < np.count_nonzero((want > lo) & (want < hi))
 
 
+def test_branch_int32_form_equals_int64_chain():
+    """A residual rescale narrowed by qparams.shared_shift_multipliers(narrow=True): the int32
+    sum of (q_i - zp_i) M_i, rounded and shifted arithmetically, equals the int64 chain on every
+    extreme pair and random pairs, and never leaves int32."""
+    from passes.quantize.qparams import shared_shift_multipliers
+    from targets.lowering.requant_float import float_branch_constants
+
+    rng = np.random.default_rng(11)
+    (m_a, m_b), s = shared_shift_multipliers([0.83, -1.21], narrow=True)
+    assert s < 31
+    zp, lo, hi, zps = 9, 0, 255, [3, 250]
+    _, r, ss, z = _emit_constants(np.array(1), np.array(s), zp)
+    consts = float_branch_constants([("uint8", np.int64(zps[0]), np.int64(m_a)), ("uint8", np.int64(zps[1]), np.int64(m_b))], r, ss, z)
+    narrow = consts["int32"]
+    qa = np.concatenate([rng.integers(0, 256, 4000), np.array([0, 0, 255, 255])])
+    qb = np.concatenate([rng.integers(0, 256, 4000), np.array([0, 255, 0, 255])])
+    total = (qa - zps[0]) * int(narrow["M"][0]) + (qb - zps[1]) * int(narrow["M"][1]) + int(narrow["half"])
+    assert total.min() >= -(1 << 31) and total.max() < 1 << 31
+    got = np.clip((total.astype(np.int32) >> np.int32(narrow["S"])) + np.int32(narrow["zp"]), lo, hi)
+    exact = [(int(a) - zps[0]) * m_a + (int(b) - zps[1]) * m_b for a, b in zip(qa, qb)]
+    want = np.clip(np.array([((p + (1 << (s - 1))) >> s) + zp for p in exact]), lo, hi)
+    assert np.array_equal(got, want)
+    assert 0 < np.count_nonzero((want > lo) & (want < hi))
+    # the default (30-bit) multipliers overflow int32: float64 form only
+    (m_a, m_b), s = shared_shift_multipliers([0.83, -1.21])
+    _, r, ss, z = _emit_constants(np.array(1), np.array(s), zp)
+    wide = float_branch_constants([("uint8", np.int64(0), np.int64(m_a)), ("uint8", np.int64(0), np.int64(m_b))], r, ss, z)
+    assert wide is not None and "int32" not in wide
+
+
 def test_branch_form_declines_wide_products():
     from targets.lowering.requant_float import float_branch_constants
 

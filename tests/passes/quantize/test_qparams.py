@@ -115,3 +115,17 @@ def test_narrow_dyadic_caps_the_shift_where_the_multiplier_keeps_12_bits():
     assert narrow_dyadic(2.0**-13) == dyadic(2.0**-13)
     m, s = dyadic_array(np.array([0.0123, 2.0**-13]), narrow=True)
     assert [int(v) for v in s] == [INT32_REQUANT_SHIFT, dyadic(2.0**-13)[1]]
+
+
+def test_narrow_shared_shift_keeps_the_rescale_sum_in_int32():
+    from passes.quantize.qparams import NARROW_MIN_BRANCH_SHIFT
+
+    rs = [0.7, 1.3]
+    (m_a, m_b), s = shared_shift_multipliers(rs, narrow=True)
+    assert NARROW_MIN_BRANCH_SHIFT <= s and 255 * (abs(m_a) + abs(m_b)) + (1 << (s - 1)) < 1 << 31
+    assert s == 21  # the largest: 2^21 * (256 * 2.0 + 0.5) < 2^31 <= 2^22 * (256 * 2.0 + 0.5)
+    for r, m in zip(rs, (m_a, m_b)):
+        assert abs(m / 2.0**s - r) <= 2.0 ** -(s + 1)
+    assert shared_shift_multipliers(rs) != ((m_a, m_b), s)  # the default keeps 30-bit multipliers
+    # factors so large that the int32 sum would need a shift below the minimum: the default
+    assert shared_shift_multipliers([2.0**14], narrow=True) == shared_shift_multipliers([2.0**14])
