@@ -287,7 +287,6 @@ class _RequantRewriter(relax.PyExprMutator):
         self.bindings = bindings
         self.rewritten = 0
         self.kept = 0
-        self.narrow = 0
 
     def visit_call_(self, call):  # noqa: N802 - PyExprMutator hook
         # matched on the original call (typed; the chain's vars are looked up in ``bindings``)
@@ -315,30 +314,18 @@ class _RequantRewriter(relax.PyExprMutator):
             x = emit(relax.op.minimum(x, relax.const(consts["A_hi"], "int32")))
             narrow = consts.get("int32")
             if narrow is not None:
-                self.narrow += 1
                 x = emit(relax.op.multiply(x, relax.const(narrow["M"], "int32")))
-                x = emit(relax.op.add(x, relax.const(narrow["half"], "int32")))
-                x = emit(relax.op.right_shift(x, relax.const(narrow["S"], "int32")))  # arithmetic: floor
-                x = emit(relax.op.add(x, relax.const(narrow["zp"], "int32")))
-                x = emit(relax.op.maximum(x, relax.const(lo, "int32")))
-                x = emit(relax.op.minimum(x, relax.const(hi, "int32")))
-                return relax.op.astype(x, _dtype(call))
+                return self._int32_tail(x, narrow, lo, hi, _dtype(call))
             x = emit(relax.op.astype(x, "float64"))
             x = emit(relax.op.multiply(x, relax.const(consts["Mf"], "float64")))
         elif consts.get("int32") is not None:
             narrow, x = consts["int32"], None
-            self.narrow += 1
             for (q, _, _), m, zp_in in zip(branches, narrow["M"], narrow["zp_in"]):
                 term = emit(relax.op.astype(self.visit_expr(q), "int32"))
                 term = emit(relax.op.subtract(term, relax.const(zp_in, "int32")))
                 term = emit(relax.op.multiply(term, relax.const(m, "int32")))
                 x = term if x is None else emit(relax.op.add(x, term))
-            x = emit(relax.op.add(x, relax.const(narrow["half"], "int32")))
-            x = emit(relax.op.right_shift(x, relax.const(narrow["S"], "int32")))  # arithmetic: floor
-            x = emit(relax.op.add(x, relax.const(narrow["zp"], "int32")))
-            x = emit(relax.op.maximum(x, relax.const(lo, "int32")))
-            x = emit(relax.op.minimum(x, relax.const(hi, "int32")))
-            return relax.op.astype(x, _dtype(call))
+            return self._int32_tail(x, narrow, lo, hi, _dtype(call))
         else:
             x = None
             for (q, _, _), mf, zpf in zip(branches, consts["Mf"], consts["zpf"]):
@@ -352,6 +339,16 @@ class _RequantRewriter(relax.PyExprMutator):
         x = emit(relax.op.maximum(x, relax.const(lo, "int32")))
         x = emit(relax.op.minimum(x, relax.const(hi, "int32")))
         return relax.op.astype(x, _dtype(call))
+
+    def _int32_tail(self, x, narrow: dict, lo: int, hi: int, dtype: str):
+        """``clip(((x + 2^(S-1)) >> S) + zp, lo, hi)`` in int32 (``>>`` is arithmetic: a floor)."""
+        emit = self.builder_.emit
+        x = emit(relax.op.add(x, relax.const(narrow["half"], "int32")))
+        x = emit(relax.op.right_shift(x, relax.const(narrow["S"], "int32")))
+        x = emit(relax.op.add(x, relax.const(narrow["zp"], "int32")))
+        x = emit(relax.op.maximum(x, relax.const(lo, "int32")))
+        x = emit(relax.op.minimum(x, relax.const(hi, "int32")))
+        return relax.op.astype(x, dtype)
 
 
 def rewrite_requant_chains(mod: tvm.IRModule) -> tuple[tvm.IRModule, int, int]:
