@@ -128,6 +128,10 @@ def _compression_spec(prune: float | None, lowrank: str | None) -> str:
 #: precision.
 QUANTIZE_WEIGHT_BITS = {"int8": 8, "int8-w7": 7, "int4": 4}
 
+#: ``per_image`` values (targets/lowering/batch_split.py ``MODES``; named here so that checking the
+#: option does not import TVM, which a compile with ``lower=False`` never needs).
+PER_IMAGE_MODES = ("auto", "on", "off")
+
 
 def _quantize_spec(quantize: str | None, output_format: str, observer: str | None, rounding: str | None = None) -> str:
     if quantize is None:
@@ -329,8 +333,6 @@ def compile_model(
                                sensitivity, rounding)
     if tune < 0:
         raise OptionError(f"--tune {tune}: the number of trials per task must be positive")
-    from targets.lowering.batch_split import MODES as PER_IMAGE_MODES
-
     if per_image not in PER_IMAGE_MODES:
         raise OptionError(f"--per-image {per_image}: expected one of {', '.join(PER_IMAGE_MODES)}")
     if tuning_records is not None and not Path(tuning_records).is_dir() and not tune:

@@ -163,6 +163,12 @@ def test_plan_options():
     assert kept.batch is None and "not proven to act image by image" in kept.note
 
 
+def test_api_names_the_same_modes_without_importing_tvm():
+    from compiler.api import PER_IMAGE_MODES
+
+    assert PER_IMAGE_MODES == batch_split.MODES
+
+
 def test_host_cache_size_is_read_from_sysfs():
     size = batch_split.host_cache_bytes()
     assert size is None or size >= 256 * 1024
