@@ -111,14 +111,18 @@ def float_branch_constants(branches, r, s, z) -> dict | None:
         narrow &= products + half < 1 << 31
     if narrow:
         # The sum and its rounding term fit int32 (zp is added after the shift): the int32 form.
-        out["int32"] = {
-            "M": [np.broadcast_to(np.asarray(m).astype(np.int64), shape).astype(np.int32) for m in ms],
-            "zp_in": [np.broadcast_to(np.asarray(z).astype(np.int64), shape).astype(np.int32) for z in bzps],
-            "half": (np.int64(1) << (s_b.astype(np.int64) - 1)).astype(np.int32),
-            "S": s_b.astype(np.int64).astype(np.int32),
-            "zp": zp_b.astype(np.int64).astype(np.int32),
-        }
+        out["int32"] = {"M": [_int32(m) for m in ms], "zp_in": [_int32(z) for z in bzps], **_int32_tail_constants(s_b, zp_b)}
     return out
+
+
+def _int32(values: np.ndarray) -> np.ndarray:
+    """An object array of Python ints (checked to fit) as int32."""
+    return values.astype(np.int64).astype(np.int32)
+
+
+def _int32_tail_constants(s: np.ndarray, zp: np.ndarray) -> dict[str, np.ndarray]:
+    """The int32 tail's constants: ``half`` = 2^(S-1), ``S``, ``zp`` (object arrays of the shape)."""
+    return {"half": _int32(np.left_shift(1, s.astype(np.int64) - 1)), "S": _int32(s), "zp": _int32(zp)}
 
 
 def _ceil_div(n: int, d: int) -> int:
@@ -138,7 +142,6 @@ def float_requant_constants(m, r, s, z, lo: int, hi: int) -> dict[str, np.ndarra
     shape = m.shape
     a_lo, a_hi = np.empty(shape, np.int64), np.empty(shape, np.int64)
     mf, cf = np.empty(shape, np.float64), np.empty(shape, np.float64)
-    ms, ss, zs = np.empty(shape, np.int64), np.empty(shape, np.int64), np.empty(shape, np.int64)
     narrow = True
     int32_min, int32_max = -(1 << 31), (1 << 31) - 1
     for index in np.ndindex(shape):
@@ -158,13 +161,11 @@ def float_requant_constants(m, r, s, z, lo: int, hi: int) -> dict[str, np.ndarra
         a_lo[index], a_hi[index] = lower, upper
         mf[index] = mi * 2.0**-si  # exact: mi < 2^53 and a power-of-two scale
         cf[index] = zp + 0.5
-        ms[index], ss[index], zs[index] = mi, si, zp
         narrow &= max(abs(upper), abs(lower)) * mi + half < 1 << 31
     consts = {"A_lo": a_lo.astype(np.int32), "A_hi": a_hi.astype(np.int32), "Mf": mf, "Cf": cf}
     if narrow:
         # Every clamped product and its rounding term fit int32: the int32 form is exact too.
-        consts["int32"] = {"M": ms.astype(np.int32), "half": (np.int64(1) << (ss - 1)).astype(np.int32),
-                           "S": ss.astype(np.int32), "zp": zs.astype(np.int32)}
+        consts["int32"] = {"M": _int32(m), **_int32_tail_constants(s, zps)}
     return consts
 
 
