@@ -409,13 +409,31 @@ def depthwise_case(c, h, k, stride, pad, requant, seed=0):
 )
 @pytest.mark.parametrize("requant", [False, True], ids=["int32", "requant"])
 def test_depthwise_u8i8_bit_exact(c, h, k, stride, pad, requant):
-    """Stride 1 is claimed by DepthwiseInt8, stride 2 left to the grouped rule; both exact."""
+    """Stride 1 is claimed by DepthwiseInt8, stride 2 left to the grouped rule (channel-blocked
+    where the channels fill int32 vectors, else its width form); all exact."""
     mod, x, ref = depthwise_case(c, h, k, stride, pad, requant)
     y, report, _ = compile_and_run(mod, x)
     assert y.dtype == ref.dtype and y.shape == ref.shape
     assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
     expected = depthwise_int8.DepthwiseInt8.name if stride == 1 else "conv2d-grouped"
     assert only_rule(report) == expected
+
+
+def test_strided_depthwise_u8i8_is_channel_blocked():
+    """A stride-2 u8 x i8 depthwise conv whose channels fill int32 vectors takes GroupConv2d's
+    channel-blocked nest: the padded copy is NCHW{V}c ([n, c/V, h, w, V]), so every tap is one
+    contiguous vector of V channels; the result stays bit-exact (requantized and raw int32)."""
+    target = host_target()
+    lanes = common.vector_lanes(target, "int32")
+    for requant in (False, True):
+        mod, x, ref = depthwise_case(2 * lanes, 18, 3, 2, 1, requant, seed=5)
+        y, report, _ = compile_and_run(mod, x)
+        assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+        assert only_rule(report) == "conv2d-grouped"
+    with target:
+        scheduled, _ = apply_default_schedules(relax.get_pipeline("zero")(mod), target)
+    scripts = [f.script() for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any(f"(T.int64(1), T.int64(2), T.int64(20), T.int64(20), T.int64({lanes}))" in s for s in scripts)
 
 
 def test_depthwise_rule_declines_float_and_grouped():

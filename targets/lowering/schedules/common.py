@@ -763,6 +763,12 @@ def register_int8_intrinsics(target: Target) -> None:
         register_avx2_pixel_maddubs_intrinsic()
 
 
+def column_stride(padded_width: int, kernel_width: int, out_width: int) -> int:
+    """Stride of a conv along the output columns, read off the shapes: (W_padded - KW) // (OW - 1)
+    (exact for undilated kernels; 1 for a single output column)."""
+    return 1 if out_width <= 1 else (padded_width - kernel_width) // (out_width - 1)
+
+
 def int8_dot_loads(block) -> tuple | None:
     """For a reduction block ``out = out + int32(X[..]) * int32(Y[..])`` with an int32 ``out`` and
     8-bit ``X``/``Y``, return the two loads ``(x_load, y_load)`` in the order written (``.source``

@@ -2,8 +2,9 @@
 
 Two loop nests, chosen by the output width (V SIMD lanes):
 
-Channel-blocked, for float depthwise convs (one input channel per output channel, channels a
-multiple of V) whose output rows are short (OW < 4V: MobileNetV2's 28/14/7-wide layers here):
+Channel-blocked, for depthwise convs (one input channel per output channel, channels a multiple
+of V) that are float with short output rows (OW < 4V: MobileNetV2's 28/14/7-wide layers here) or
+8-bit integer (u8 x i8 -> int32) with a column stride > 1:
 
     padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
                  the padding stage re-laid out, vectorized over the V channels)
@@ -40,6 +41,16 @@ and a transposed write-back. Measured on one Zen 3 core (AVX2, V = 8) against ON
 same run: 144 ch 56->28 stride 2: 0.41 -> 0.29 ms (ORT 0.27); 192 ch @ 28: 0.29 -> 0.13 ms (ORT
 0.13); 576 ch @ 14: 0.18 -> 0.12 ms (ORT 0.10); at 112 and 56 columns both forms are within 10%
 of ORT and the width form is kept.
+
+The 8-bit integer depthwise convs of stride 1 go to ``depthwise_int8.DepthwiseInt8`` (width form,
+padding decomposed); the strided ones come here and take the channel-blocked nest at any width
+(V = 8 int32 lanes on AVX2: each tap a zero-extending byte load, a sign-extended weight vector and
+``vpmulld``): the width form's de-interleaved copy moves one byte per instruction. Measured on
+MobileNetV2 int8-w7, one Zen 3 core, width -> channel-blocked, ms (two interleaved runs each;
+ONNX Runtime's NHWC int8 kernel in a separate profile): 96 ch 112->56 0.94-0.95 -> 0.56-0.87
+(0.48), 144 ch 56->28 0.52-0.56 -> 0.23-0.36 (0.17), 192 ch 28->14 0.25-0.27 -> 0.09-0.15 (0.07),
+576 ch 14->7 0.14-0.15 -> 0.07-0.12 (0.06). For stride 1 the channel-blocked nest measured no
+better than ``DepthwiseInt8``.
 """
 
 from __future__ import annotations
@@ -109,18 +120,25 @@ class GroupConv2d(common.ScheduleRule):
 
     @staticmethod
     def _channel_blocked_pays(sch, conv, lanes: int) -> bool:
-        """True for a float depthwise conv (F == C, one channel per group, F a multiple of
-        ``lanes``) with output rows shorter than 4 vectors (see the module docstring)."""
+        """True for a depthwise conv (F == C, one channel per group, F a multiple of ``lanes``)
+        that is either float with output rows shorter than 4 vectors, or 8-bit integer
+        (``int32(x) * int32(w)`` into int32, the integer-only form) with a column stride > 1
+        (see the module docstring)."""
         block = sch.get(conv)
-        if not str(block.writes[0].source.dtype).startswith(("float", "bfloat")):
+        is_float = str(block.writes[0].source.dtype).startswith(("float", "bfloat"))
+        if not is_float and common.int8_dot_loads(block) is None:
             return False
-        _, f, _, x, rc, _, _ = sch.get_loops(conv)
-        F, OW, RC = common.extents(sch, [f, x, rc])
+        _, f, _, x, rc, _, rx = sch.get_loops(conv)
+        F, OW, RC, KW = common.extents(sch, [f, x, rc, rx])
         w_idx = _weight_read_index(block)
-        if w_idx is None or RC != 1 or F % lanes or OW >= 4 * lanes:
+        if w_idx is None or RC != 1 or F % lanes:
             return False
         data = [r for i, r in enumerate(block.reads) if i != w_idx and len(r.region) == 4]
-        return len(data) == 1 and int(data[0].source.shape[1]) == F
+        if len(data) != 1 or int(data[0].source.shape[1]) != F:
+            return False
+        if is_float:
+            return OW < 4 * lanes
+        return common.column_stride(int(data[0].source.shape[3]), KW, OW) > 1
 
     @staticmethod
     def _schedule_channel_blocked(sch, conv, lanes: int):
@@ -188,9 +206,7 @@ class GroupConv2d(common.ScheduleRule):
         output vector reads (w = s*x + rx) become contiguous, so strided gathers turn into plain
         vector loads. The re-layout is exact for any s; s is inferred from the shapes."""
         width = int(sch.get(pad).writes[0].source.shape[3])
-        if out_width <= 1:
-            return False
-        stride = (width - kernel_width) // (out_width - 1)
+        stride = common.column_stride(width, kernel_width, out_width)
         if stride < 2 or width % stride:
             return False
         sch.transform_layout(pad, ("write", 0), lambda a, b, c, d: (a, b, c, d % stride, d // stride))
