@@ -32,8 +32,8 @@ Conv / Gemm / MatMul with constant weights
 Requantize(acc) by the dyadic multiplier M / 2^S (per output channel), round half up:
     r          = s_in * s_w[c] / s_out                        real rescale factor
     M, S       : M integer in [2^29, 2^30), S integer in [1, 62], |r - M/2^S| minimal; for
-                 conv/matmul layers S is capped at 22 when M keeps >= 12 bits (qparams.narrow_dyadic:
-                 relative error <= 2^-12, and the chain then fits int32 lanes when lowered)
+                 conv/matmul layers S is capped at 22 when M keeps >= 8 bits (qparams.narrow_dyadic:
+                 relative error <= 2^-8, and the chain then fits int32 lanes when lowered)
     y          = clip(floor((acc * M + 2^(S-1)) / 2^S) + zp_out, LO, HI)
   as ONNX (shift only exists for unsigned types in ONNX, so the value is made non-negative first
   with an offset 2^62, which is exact because |acc * M| < 2^31 * 2^30 = 2^61):

@@ -103,18 +103,18 @@ def test_bias_rounds_to_the_accumulator_scale() -> None:
         quantize_bias(np.array([1.0]), 1e-30, np.array([1e-30]), where="conv1")
 
 
-def test_narrow_dyadic_caps_the_shift_where_the_multiplier_keeps_12_bits():
+def test_narrow_dyadic_caps_the_shift_where_the_multiplier_keeps_enough_bits():
     from passes.quantize.qparams import INT32_REQUANT_SHIFT, NARROW_MIN_BITS, narrow_dyadic
 
-    for r in (2.0**-3, 0.0123, 2.0**-9 * 1.37, 2.0**-10 * 1.01):
+    for r in (2.0**-3, 0.0123, 2.0**-9 * 1.37, 2.0**-10 * 1.01, 2.0**-14 * 1.3):
         m, s = narrow_dyadic(r)
         assert s == INT32_REQUANT_SHIFT and 1 << (NARROW_MIN_BITS - 1) <= m < 1 << 30
         assert abs(m / 2.0**s - r) / r <= 2.0**-NARROW_MIN_BITS
     # a large factor needs no cap; a tiny one would keep too few bits: the full-precision pair
     assert narrow_dyadic(300.0) == dyadic(300.0) and dyadic(300.0)[1] <= INT32_REQUANT_SHIFT
-    assert narrow_dyadic(2.0**-13) == dyadic(2.0**-13)
-    m, s = dyadic_array(np.array([0.0123, 2.0**-13]), narrow=True)
-    assert [int(v) for v in s] == [INT32_REQUANT_SHIFT, dyadic(2.0**-13)[1]]
+    assert narrow_dyadic(2.0**-17) == dyadic(2.0**-17)
+    m, s = dyadic_array(np.array([0.0123, 2.0**-17]), narrow=True)
+    assert [int(v) for v in s] == [INT32_REQUANT_SHIFT, dyadic(2.0**-17)[1]]
 
 
 def test_narrow_shared_shift_keeps_the_rescale_sum_in_int32():
