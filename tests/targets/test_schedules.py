@@ -426,11 +426,12 @@ agraph (float[1, {c}, {hw}, {hw}] x, float[1, {f}, {hw}, {hw}] r) => (float[1, {
 """
 
 
-@pytest.mark.parametrize("c,f,hw", [(16, 24, 16), (8, 96, 20), (32, 20, 8), (32, 48, 64)],
-                         ids=["16to24", "8to96", "32to20", "32to48-chunked"])
+@pytest.mark.parametrize("c,f,hw", [(16, 24, 16), (8, 96, 20), (32, 20, 8), (32, 48, 64), (96, 24, 16)],
+                         ids=["16to24", "8to96", "32to20", "32to48-chunked", "96to24-projection"])
 def test_conv1x1_pixel_gemm(c, f, hw):
-    """1x1 stride-1 convs with few input channels take the pixel-vectorized GEMM path (flattened
-    image, contiguous accumulator stores) with the residual/clip epilogue fused, exact vs ORT."""
+    """1x1 stride-1 convs with few input channels, or projections (C >= F), take the
+    pixel-vectorized GEMM path (flattened image, contiguous accumulator stores) with the
+    residual/clip epilogue fused, exact vs ORT."""
     proto = make_model(PIXEL_1X1.format(c=c, f=f, hw=hw), {"w": (f, c, 1, 1), "b": (f,)}, {"lo": 0.0, "hi": 6.0})
     feeds = feeds_for(proto)
     outs, report, mod = compile_onnx(proto, feeds)
@@ -439,6 +440,23 @@ def test_conv1x1_pixel_gemm(c, f, hw):
     (name,) = report.scheduled
     # The accumulator is the flattened [n, f, pixels] tile, not the channel-last [n, y, x, f] one.
     assert f"(T.int64(1), T.int64({f}), T.int64({hw * hw}))" in mod[name].script()
+
+
+def test_conv1x1_expansion_with_many_channels_stays_channel_vectorized():
+    """A 1x1 expansion with many input channels (C > 64, F > C) keeps the channel-vectorized
+    kernel on AVX2 (its [n, pixels, f] accumulator), where the pixel GEMM measured slower."""
+    target = host_target()
+    if common.vector_registers(target) > 16:
+        pytest.skip("AVX-512 host: the pixel tile is large enough to take every 1x1 conv")
+    c, f, hw = 72, 144, 8
+    proto = make_model(PIXEL_1X1.format(c=c, f=f, hw=hw), {"w": (f, c, 1, 1), "b": (f,)}, {"lo": 0.0, "hi": 6.0})
+    feeds = feeds_for(proto)
+    outs, report, mod = compile_onnx(proto, feeds)
+    assert compare(outs, ort_reference(proto, feeds), TVM_BACKEND)["passed"]
+    (name,) = report.scheduled
+    script = mod[name].script()
+    assert f"(T.int64(1), T.int64({hw * hw}), T.int64({f}))" in script
+    assert f"(T.int64(1), T.int64({f}), T.int64({hw * hw}))" not in script
 
 
 def test_pixel_chunk_fits_budget():
