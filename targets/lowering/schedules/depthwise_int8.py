@@ -26,8 +26,8 @@ MobileNetV2 (2 cores, per layer vs GroupConv2d): 0.68x-0.95x on the stride-1 lay
 0.189 ms for 2 x 192 channels @ 28, 0.173 vs 0.214 ms for 4 x 384 channels @ 14).
 
 Stride 2 is declined: ``GroupConv2d`` takes it with its channel-blocked nest (contiguous loads of
-8 channels for any stride; measured 1.5-2.8x faster than its width form on MobileNetV2's four
-stride-2 layers, see depthwise.py). A de-interleaving copy here (even bytes by truncation of a
+8 channels for any stride; measured 1.0-3.1x faster per layer than its width form on
+MobileNetV2's four stride-2 layers, see depthwise.py). A de-interleaving copy here (even bytes by truncation of a
 16-bit view, odd by shift + truncation) was 0.95x-1.3x of that width form, so it was dropped.
 """
 
