@@ -420,7 +420,7 @@ class _IntegerRewrite:
             note += f"; bias corrected by {float(steps.mean()):.3f} output steps on average"
         try:
             b_q = quantize_bias(bias, xq.qp.scale, w_scales, where=label)
-            # Shift capped where the multiplier keeps 12+ bits: the chain then runs in int32 lanes
+            # Shift capped where the multiplier keeps NARROW_MIN_BITS (8)+ bits: the chain then runs in int32 lanes
             # (qparams.narrow_dyadic; the lowering proves it exact per channel or keeps float64).
             m, s = dyadic_array(np.float64(xq.qp.scale) * w_scales.astype(np.float64) / np.float64(qp_out.scale), narrow=True)
         except DyadicError as exc:

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.tvm
 
 from tvm import relax  # noqa: E402
 
+from passes.quantize.qparams import NARROW_MIN_BITS  # noqa: E402
 from targets.lowering.requant_float import float_requant_constants, rewrite_requant_chains  # noqa: E402
 
 
@@ -127,11 +128,11 @@ def test_rewrite_is_bit_exact_end_to_end():
 
 
 def test_int32_form_equals_int64_chain():
-    """qparams.narrow_dyadic's constants (S = 22, M with 12+ bits): the clamped chain fits int32,
-    and the int32 arithmetic (arithmetic shift = floor) equals the int64 chain on the same probes."""
+    """qparams.narrow_dyadic's constants (S = 22, M with NARROW_MIN_BITS+ bits): the clamped chain
+    fits int32, and the int32 arithmetic (arithmetic shift = floor) equals the int64 chain on the same probes."""
     rng = np.random.default_rng(7)
     channels, zp, lo, hi = 24, 117, 0, 255
-    m = rng.integers(1 << 11, 1 << 22, channels)
+    m = rng.integers(1 << (NARROW_MIN_BITS - 1), 1 << 22, channels)
     s = np.full(channels, 22)
     consts = float_requant_constants(*_emit_constants(m, s, zp), lo, hi)
     narrow = consts["int32"]

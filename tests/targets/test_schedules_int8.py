@@ -178,14 +178,20 @@ def dense_case(m, k, n, requant, transposed=False, seed=0, weight_bound=127):
     return bb.get(), a, ref
 
 
-def compile_and_run(mod, x, target=None):
-    """build.py's preparation -> apply_default_schedules -> tvm.compile; returns (y, report, asm)."""
-    target = target or host_target()
+def schedule(mod, target):
+    """build.py's preparation -> apply_default_schedules; returns (scheduled module, report)."""
     with target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
         mod = relax.get_pipeline("zero")(mod)
-        mod, report = apply_default_schedules(mod, target)
+        return apply_default_schedules(mod, target)
+
+
+def compile_and_run(mod, x, target=None):
+    """:func:`schedule` -> tvm.compile -> run on ``x``; returns (y, report, asm)."""
+    target = target or host_target()
+    mod, report = schedule(mod, target)
+    with target:
         ex = tvm.compile(mod, target=target)
     asm = ex.mod.imports[0].inspect_source("asm") if ex.mod.imports else ""
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -430,8 +436,7 @@ def test_strided_depthwise_u8i8_is_channel_blocked():
         y, report, _ = compile_and_run(mod, x)
         assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
         assert only_rule(report) == "conv2d-grouped"
-    with target:
-        scheduled, _ = apply_default_schedules(relax.get_pipeline("zero")(mod), target)
+    scheduled, _ = schedule(mod, target)
     scripts = [f.script() for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any(f"(T.int64(1), T.int64(2), T.int64(20), T.int64(20), T.int64({lanes}))" in s for s in scripts)
 

@@ -59,8 +59,8 @@ def choose_tile(out_channels: int, out_width: int, lanes: int, registers: int) -
     return v, nb, xt
 
 
-# 1x1 convs with at most this many input channels (or at least as many as output channels) use the
-# pixel-vectorized GEMM kernel.
+# 1x1 convs with at most this many input channels use the pixel-vectorized GEMM kernel (so do
+# projections, C >= F: see Conv2dDirect._schedule).
 PIXEL_GEMM_MAX_CHANNELS = 64
 
 
