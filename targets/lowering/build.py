@@ -7,6 +7,8 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
     requant_float              (x86) the int64 requantizer chains of the integer-only form as the
                                exact float64 computation (requant_float.py: no 64-bit vector
                                multiply on x86 before AVX-512DQ)
+    signed_activations         (AArch64 with sdot) uint8 x int8 convs/matmuls as int8 x int8 with
+                               a constant correction, exact (sdot multiplies int8 by int8 only)
     zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
     apply_records              (optional) tuned schedules from a MetaSchedule database (tuning.py)
     apply_default_schedules    our CPU schedule rules for every PrimFunc not scheduled yet
@@ -27,7 +29,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import batch_split, int4, requant_float, schedules
+from targets.lowering import batch_split, int4, requant_float, schedules, signed_activations
 from targets.lowering.errors import lowering_step
 
 
@@ -53,6 +55,9 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         if schedules.common.is_x86_cpu(tvm_target):
             with lowering_step("float64 requantization (requant_float)"):
                 mod, _, _ = requant_float.rewrite_requant_chains(mod)
+        if schedules.common.has_arm_dotprod(tvm_target):
+            with lowering_step("int8 activations for sdot (signed_activations)"):
+                mod, _ = signed_activations.shift_uint8_activations(mod)
         with lowering_step("legalize/fuse (zero pipeline)"):
             mod = relax.get_pipeline("zero")(mod)
     return mod

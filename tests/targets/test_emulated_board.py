@@ -56,8 +56,8 @@ def board(tmp_path_factory) -> str:
             yield address
 
 
-def _compile(board: str, out: Path, **options) -> dict:
-    compile_model(EXAMPLE, target="rpi4", output=out, rpc_tracker=board, rpc_key=KEY, progress=False, **options)
+def _compile(board: str, out: Path, target: str = "rpi4", **options) -> dict:
+    compile_model(EXAMPLE, target=target, output=out, rpc_tracker=board, rpc_key=KEY, progress=False, **options)
     return json.loads((out / "report.json").read_text())
 
 
@@ -72,12 +72,18 @@ def test_rpi4_artifact_matches_onnxruntime_on_the_emulated_board(board, tmp_path
           f"(median of {timing['runs']}); max abs error vs ONNX Runtime {check['max_abs']:.3g}")
 
 
-def test_rpi4_integer_only_artifact_is_bit_exact_on_the_emulated_board(board, tmp_path):
-    report = _compile(board, tmp_path / "int8", quantize="int8")
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_integer_only_artifact_is_bit_exact_on_the_emulated_board(board, tmp_path, target):
+    """rpi4 (Cortex-A72): generic int8 kernels; rpi5 (Cortex-A76): the sdot kernels, on
+    activations shifted to int8 (qemu-user's default CPU has the dot-product extension)."""
+    report = _compile(board, tmp_path / "int8", target=target, quantize="int8")
     exact = report["summary"]["verification"]["integer_bit_exact"]
     assert exact["passed"] and exact["artifact_vs_onnxruntime"] and KEY in exact["where"]
+    sdot_kernels = [rule for rule in report["lowering"]["scheduled"].values() if rule.endswith("-arm-sdot")]
+    assert len(sdot_kernels) == (3 if target == "rpi5" else 0), report["lowering"]["scheduled"]
     timing = report["run"]["artifact_rpc"]
-    print(f"\nemulated rpi4, digits int8: {timing['median_ms']:.3f} ms per inference under qemu; bit-exact vs ONNX Runtime")
+    print(f"\nemulated {target}, digits int8: {timing['median_ms']:.3f} ms per inference under qemu; "
+          "bit-exact vs ONNX Runtime")
 
 
 def test_per_kernel_measurement_on_the_emulated_board(board):

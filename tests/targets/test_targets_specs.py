@@ -10,7 +10,7 @@ from targets import get_target, list_targets
 from targets.cost_model import RooflineCostModel
 from targets.registry import with_arch
 
-BOARD_TARGETS = ["rpi4", "jetson-orin-nano", "jetson-agx-orin", "gpu", "fpga"]
+BOARD_TARGETS = ["rpi4", "rpi5", "jetson-orin-nano", "jetson-agx-orin", "gpu", "fpga"]
 
 
 def test_all_board_targets_exist_and_have_a_usable_roofline():
@@ -26,7 +26,8 @@ def test_all_board_targets_exist_and_have_a_usable_roofline():
 
 @pytest.mark.parametrize(
     ("alias", "name"),
-    [("jetson", "jetson-orin-nano"), ("agx-orin", "jetson-agx-orin"), ("rpi", "rpi4"), ("hls", "fpga"), ("host", "cpu")],
+    [("jetson", "jetson-orin-nano"), ("agx-orin", "jetson-agx-orin"), ("rpi", "rpi4"), ("raspberry-pi-5", "rpi5"),
+     ("hls", "fpga"), ("host", "cpu")],
 )
 def test_aliases_resolve_to_the_record(alias, name):
     assert get_target(alias) is get_target(name)
@@ -39,7 +40,7 @@ def test_unknown_target_is_one_line_error():
 
 
 def test_cross_targets_do_not_run_locally_and_name_their_toolchain():
-    for name in ("rpi4", "jetson-orin-nano", "jetson-agx-orin"):
+    for name in ("rpi4", "rpi5", "jetson-orin-nano", "jetson-agx-orin"):
         target = get_target(name)
         assert not target.runs_locally
         assert target.cross_compiler == "aarch64-linux-gnu-gcc"
@@ -77,7 +78,7 @@ def test_tags_and_dicts_resolve_in_tvm():
     pytest.importorskip("tvm")
     from targets.lowering.tvm_target import resolve
 
-    expected = {"rpi4": "llvm", "jetson-orin-nano": "cuda", "jetson-agx-orin": "cuda", "gpu": "cuda", "fpga": "c"}
+    expected = {"rpi4": "llvm", "rpi5": "llvm", "jetson-orin-nano": "cuda", "jetson-agx-orin": "cuda", "gpu": "cuda", "fpga": "c"}
     for name, kind in expected.items():
         resolved, _ = resolve(get_target(name))
         assert resolved.kind.name == kind, name

@@ -19,6 +19,10 @@ below, tried in order like TVM's dlight rules (the first rule that returns a sch
     matmul_int8.MatmulInt8AVX2Maddubs
                                  the next rule's kernel with vpmaddubsw for weights within +-64
     matmul_int8.MatmulInt8AVX2   matmul / dense uint8 x int8 -> int32 on AVX2 without VNNI (vpmaddwd)
+    conv2d_int8.Conv2dInt8ArmDot conv2d_nchw int8 x int8 -> int32 on AArch64 with the dot-product
+                                 extension (sdot; activations shifted to int8 by
+                                 targets/lowering/signed_activations.py)
+    matmul_int8.MatmulInt8ArmDot matmul / dense int8 x int8 -> int32 on AArch64 with sdot
     depthwise_int8.DepthwiseInt8 depthwise conv2d_nchw uint8 x int8 -> int32 (MobileNet)
     conv2d.Conv2dDirect          conv2d_nchw, groups == 1 (3x3, 1x1, strided, dilated)
     depthwise.GroupConv2d        group_conv2d_nchw (depthwise and grouped)
@@ -60,25 +64,28 @@ def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
     from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2, Conv1x1Int8PixelsAVX2Maddubs
     from targets.lowering.schedules.conv2d import Conv2dDirect
-    from targets.lowering.schedules.conv2d_int8 import Conv2dInt8AVX2, Conv2dInt8AVX2Maddubs, Conv2dInt8VNNI
+    from targets.lowering.schedules.conv2d_int8 import (
+        Conv2dInt8ArmDot, Conv2dInt8AVX2, Conv2dInt8AVX2Maddubs, Conv2dInt8VNNI)
     from targets.lowering.schedules.depthwise import GroupConv2d
     from targets.lowering.schedules.depthwise_int8 import DepthwiseInt8
     from targets.lowering.schedules.injective import Injective
     from targets.lowering.schedules.matmul import Matmul
-    from targets.lowering.schedules.matmul_int8 import MatmulInt8AVX2, MatmulInt8AVX2Maddubs, MatmulInt8VNNI
+    from targets.lowering.schedules.matmul_int8 import (
+        MatmulInt8ArmDot, MatmulInt8AVX2, MatmulInt8AVX2Maddubs, MatmulInt8VNNI)
     from targets.lowering.schedules.pool import MaxPool
     from targets.lowering.schedules.pool_int8 import MaxPoolInt8
     from targets.lowering.schedules.reduction import RowReduction
 
     # The int8 rules come first: they claim only u8 x i8 -> i32 functions (the VNNI ones on VNNI
-    # targets only, the AVX2 ones on x86 targets with AVX2 but no VNNI, DepthwiseInt8 on any LLVM
+    # targets only, the AVX2 ones on x86 targets with AVX2 but no VNNI, the ArmDot ones on AArch64
+    # targets with sdot (int8 x int8), DepthwiseInt8 on any LLVM
     # CPU) and decline everything else, which then reaches the dtype-agnostic rules below
     # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
         Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2Maddubs(),
         Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(), MatmulInt8AVX2Maddubs(), MatmulInt8AVX2(),
-        DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
+        Conv2dInt8ArmDot(), MatmulInt8ArmDot(), DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),
     ]
 

@@ -353,13 +353,13 @@ def _as_int32(load, stored: str | None):
     return T.cast(load if stored is None else T.cast(load, stored), "int32")
 
 
-def _dot_desc(lanes: int, depth: int, widened: bool = False):
+def _dot_desc(lanes: int, depth: int, widened: bool = False, data_dtype: str = "uint8"):
     """The description of our channel-vectorized int8 dot-product intrinsics: C[lanes] (int32,
-    local) += sum_k A[k] (uint8) * B[lanes, k] (int8), k < depth. ``widened``: both operands are
-    stored as int16 (common.AVX2_WIDE_DOT_INTRIN)."""
+    local) += sum_k A[k] (``data_dtype``: uint8 on x86, int8 for ARM's sdot) * B[lanes, k] (int8),
+    k < depth. ``widened``: both operands are stored as int16 (common.AVX2_WIDE_DOT_INTRIN)."""
     from tvm.script import tirx as T
 
-    a_dtype, b_dtype = ("int16", "int16") if widened else ("uint8", "int8")
+    a_dtype, b_dtype = ("int16", "int16") if widened else (data_dtype, "int8")
     a_stored, b_stored = ("uint8", "int8") if widened else (None, None)
 
     @T.prim_func(s_tir=True)
@@ -668,6 +668,71 @@ def register_avx2_pixel_maddubs_intrinsic() -> str:
     return _register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=lambda: _pixel_desc(MADDUBS_DEPTH))
 
 
+# --- int8 dot products on AArch64 (the dot-product extension, FEAT_DotProd) ----------------------
+
+# Our 4x4 s8 x s8 -> s32 dot-product intrinsic: C[4] += sum_k A[k] (int8) * B[4, k] (int8), k < 4,
+# one ``sdot v.4s, v.16b, v.16b`` (LLVM selects the by-element form ``sdot v.4s, v.16b, v.4b[i]``
+# when A's word is a lane of a loaded vector). The instruction multiplies signed by signed (or,
+# ``udot``, unsigned by unsigned) bytes; there is no mixed form before the I8MM extension, so the
+# integer-only form's uint8 activations are shifted to int8 in the Relax module before fusion
+# (targets/lowering/signed_activations.py: x - 128 with a 128 * sum(w) correction, exact), and the
+# rules claim int8 x int8 convs and matmuls on these targets. Each lane sums 4 products of at most
+# 128 * 128, exactly, in int32, so the kernel is bit-exact for any int8 weights (unlike vpmaddubsw).
+# Same description as TVM's ``dot_4x4_i8i8s32_sdot`` except that the accumulator is ``local`` (held
+# in registers by our rules, see VNNI_DOT_INTRIN).
+ARM_SDOT_INTRIN = "edgekiln_dot_4x4_i8i8i32_sdot"
+ARM_SDOT_LANES = 4  # int32 accumulators per 128-bit NEON register
+ARM_SDOT_DEPTH = 4  # int8 x int8 products summed into each lane
+
+
+def has_arm_dotprod(target: Target) -> bool:
+    """True if ``target`` is an AArch64 LLVM target with the dot-product extension (``sdot``/
+    ``udot``: ARMv8.4-A, optional from v8.2; Cortex-A55/A76/A78/X1, Neoverse N1; not the Cortex-A72
+    of the Raspberry Pi 4), read from its mcpu/mattr through LLVM."""
+    if target.kind.name != "llvm":
+        return False
+    mtriple = str(target.attrs.get("mtriple", "")) if target.attrs is not None else ""
+    if not mtriple.startswith(("aarch64", "arm64")):
+        return False
+    try:
+        return bool(codegen.target_has_features("dotprod", target))
+    except Exception:  # noqa: BLE001 - an LLVM without the AArch64 backend: no dot product
+        return False
+
+
+def _arm_sdot_impl():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            # the 4 activation bytes as one int32, broadcast to the 4 lanes
+            a4 = T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4)
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([0], dtype="int32x4"),
+                T.reinterpret(a4, dtype="int8x16"),
+                B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
+
+    return impl
+
+
+def register_arm_sdot_intrinsic() -> str:
+    """Register :data:`ARM_SDOT_INTRIN` once per process (lazily) and return its name."""
+    return _register_once(
+        ARM_SDOT_INTRIN, _arm_sdot_impl,
+        make_desc=lambda: _dot_desc(ARM_SDOT_LANES, ARM_SDOT_DEPTH, data_dtype="int8"),
+    )
+
+
 # Function attribute set by ``schedules.attach_constant_ranges``: [[param index, min, max], ...]
 # for the integer constants a Relax module passes to the function (union over its call sites).
 CONSTANT_RANGES_ATTR = "edgekiln.constant_param_ranges"
@@ -697,6 +762,8 @@ class VNNIDot:
     """Mixin of the int8 rules for AVX-512 VNNI targets: the 16x4 vpdpbusd dot product."""
 
     lanes, depth = VNNI_LANES, VNNI_DEPTH
+    # the activation operand's dtype the rule claims (the weights are int8 for every rule)
+    data_dtype = "uint8"
     # True: the conv rule writes its data pack and weight pack as int16 (``AVX2WideDot``)
     widen_operands = False
     # int32x16 accumulators per register tile (32 zmm registers; see conv2d_int8.MAX_ACCUMULATORS)
@@ -750,10 +817,29 @@ class AVX2MaddubsDot(AVX2Dot):
         return register_avx2_maddubs_intrinsic()
 
 
+class ArmDotprodDot(VNNIDot):
+    """Mixin of the int8 rules for AArch64 targets with the dot-product extension: the 4x4
+    ``sdot`` (int8 x int8) dot product on activations shifted to int8 (see ARM_SDOT_INTRIN)."""
+
+    lanes, depth = ARM_SDOT_LANES, ARM_SDOT_DEPTH
+    data_dtype = "int8"
+    # int32x4 accumulators per tile: 32 NEON registers, less the nb weight vectors, the activation
+    # vector whose lanes the by-element sdot reads, and LLVM's hoisted loads (max_accumulators)
+    max_accumulators = 24
+
+    def accepts(self, target: Target) -> bool:
+        return has_arm_dotprod(target)
+
+    def register_intrinsic(self) -> str:
+        return register_arm_sdot_intrinsic()
+
+
 def register_int8_intrinsics(target: Target) -> None:
     """Register the int8 dot-product intrinsics the int8 rules use on ``target`` (if any), e.g.
     before replaying tuning records whose traces tensorize with them."""
-    if has_avx512_vnni(target):
+    if has_arm_dotprod(target):
+        register_arm_sdot_intrinsic()
+    elif has_avx512_vnni(target):
         register_vnni_intrinsic()
     elif has_avx2_int8(target):
         register_avx2_intrinsic()

@@ -110,13 +110,13 @@ def choose_tile(channel_blocks: int, out_width: int, max_accumulators: int = MAX
     return best if best is not None else (1, 1)
 
 
-def _operand_reads(block: tirx.SBlock):
-    """(data_read_index, weight_read_index) of a u8 x i8 -> i32 conv block, else None."""
+def _operand_reads(block: tirx.SBlock, data_dtype: str = "uint8"):
+    """(data_read_index, weight_read_index) of a ``data_dtype`` x i8 -> i32 conv block, else None."""
     loads = common.int8_dot_loads(block)
     if loads is None:
         return None
     data, weight = loads
-    if str(data.source.dtype) != "uint8" or str(weight.source.dtype) != "int8":
+    if str(data.source.dtype) != data_dtype or str(weight.source.dtype) != "int8":
         return None
     f_var = block.iter_vars[1].var
     if len(weight.indices) != 4 or not weight.indices[0].same_as(f_var):
@@ -132,14 +132,15 @@ def _operand_reads(block: tirx.SBlock):
     return idx["data"], idx["weight"]
 
 
-def match_int8_conv(func):
+def match_int8_conv(func, data_dtype: str = "uint8"):
     """(schedule, conv block, (data, weight) read indices, extents (N, F, OH, OW, C, KH, KW)) of a
-    function whose anchor is a u8 x i8 -> i32 ``conv2d_nchw`` with static extents, else None."""
+    function whose anchor is a ``data_dtype`` (u8 by default) x i8 -> i32 ``conv2d_nchw`` with
+    static extents, else None."""
     sch = s_tir.Schedule(func)
     conv = common.find_anchor(sch, ("conv2d_nchw",))
     if conv is None or common.iter_kinds(sch, conv) != "SSSSRRR":
         return None
-    reads = _operand_reads(sch.get(conv))
+    reads = _operand_reads(sch.get(conv), data_dtype)
     dims = common.extents(sch, sch.get_loops(conv)) if reads is not None else None
     if dims is None:
         return None
@@ -152,7 +153,7 @@ class Conv2dInt8VNNI(common.VNNIDot, common.MatchingRule):
     name = "conv2d-int8-vnni"
 
     def _match_and_schedule(self, func, target):
-        matched = match_int8_conv(func)
+        matched = match_int8_conv(func, self.data_dtype)
         if matched is None:
             return None
         sch, conv, reads, dims = matched
@@ -262,3 +263,16 @@ class Conv2dInt8AVX2Maddubs(common.AVX2MaddubsDot, Conv2dInt8VNNI):
         from targets.lowering.schedules import conv1x1_int8  # imports this module
 
         return not (dims[4] < 2 * dims[1] and conv1x1_int8.takes(sch, conv, reads, dims))
+
+
+class Conv2dInt8ArmDot(common.ArmDotprodDot, Conv2dInt8VNNI):
+    """i8 x i8 -> i32 NCHW conv2d on AArch64 with the dot-product extension (Cortex-A76 of the
+    Raspberry Pi 5, Cortex-A78AE of the Jetson Orin hosts...): the VNNI loop nest at 4 lanes x 4
+    deep with ``sdot`` (common.ARM_SDOT_INTRIN). NCHW4c int8 data pack per call, weights
+    [F/4, C/4, KH, KW, 4, 4] int8 at compile time, up to 24 int32x4 accumulators (32 NEON
+    registers). The activations are int8 because targets/lowering/signed_activations.py shifted the
+    integer-only form's uint8 ones before fusion (sdot has no unsigned x signed form). Needs
+    C % 4 == 0 (the ConvInteger converter pads an RGB stem's channels) and F % 4 == 0; depthwise
+    convs stay uint8 and go to ``DepthwiseInt8``."""
+
+    name = "conv2d-int8-arm-sdot"

@@ -59,8 +59,9 @@ def choose_tile(rows: int, col_blocks: int, max_accumulators: int = MAX_ACCUMULA
     return best if best is not None else (1, 1)
 
 
-def _operands(block: tirx.SBlock):
-    """(a_read_index, b_read_index, b_transposed) for a u8 x i8 -> i32 matmul block, else None."""
+def _operands(block: tirx.SBlock, a_dtype: str = "uint8"):
+    """(a_read_index, b_read_index, b_transposed) for an ``a_dtype`` x i8 -> i32 matmul block,
+    else None."""
     loads = common.int8_dot_loads(block)
     if loads is None:
         return None
@@ -72,7 +73,7 @@ def _operands(block: tirx.SBlock):
         if len(load.indices) < 2:
             return None
         p, q = load.indices[-2], load.indices[-1]
-        if p.same_as(i_var) and q.same_as(k_var) and str(load.source.dtype) == "uint8":
+        if p.same_as(i_var) and q.same_as(k_var) and str(load.source.dtype) == a_dtype:
             a = load
         elif p.same_as(k_var) and q.same_as(j_var) and str(load.source.dtype) == "int8":
             b, b_t = load, False
@@ -115,7 +116,7 @@ class MatmulInt8VNNI(common.VNNIDot, common.MatchingRule):
         kinds = common.iter_kinds(sch, anchor)
         if len(kinds) < 3 or kinds[-1] != "R" or set(kinds[:-1]) != {"S"}:
             return None
-        ops = _operands(sch.get(anchor))
+        ops = _operands(sch.get(anchor), self.data_dtype)
         if ops is None or not self._claims(func, sch, anchor, *ops):
             return None
         return self._schedule(sch, func, anchor, *ops)
@@ -192,3 +193,13 @@ class MatmulInt8AVX2Maddubs(common.AVX2MaddubsDot, MatmulInt8VNNI):
 
     def _claims(self, func, sch, mm, a_idx, b_idx, b_transposed) -> bool:
         return common.within_maddubs_bound(func, sch.get(mm).reads[b_idx].source)
+
+
+class MatmulInt8ArmDot(common.ArmDotprodDot, MatmulInt8VNNI):
+    """i8 x i8 -> i32 matmul on AArch64 with the dot-product extension: the VNNI micro-kernel at
+    4 columns x 4 k with ``sdot`` (common.ARM_SDOT_INTRIN); A's 4 consecutive k bytes are one
+    32-bit word read in place, B is packed [.., N/4, K/4, 4, 4] at compile time. A is int8 after
+    targets/lowering/signed_activations.py (see ``conv2d_int8.Conv2dInt8ArmDot``). Needs N % 4 == 0
+    and K % 4 == 0 (else ``matmul.Matmul``)."""
+
+    name = "matmul-int8-arm-sdot"
