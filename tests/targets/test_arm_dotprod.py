@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 tvm = pytest.importorskip("tvm")
@@ -148,34 +149,74 @@ def test_rpi4_keeps_uint8_products_without_sdot():
     assert "sdot" not in executable.mod.imports[0].inspect_source("asm")
 
 
-# --- opt-in: run the cross-compiled kernels on the emulated board ------------------------------------
+# --- opt-in: run the cross-compiled code on the emulated board ---------------------------------------
+
+def on_emulated_board(test):
+    """Opt-in (``-m emulated``), and skipped without qemu-user or the aarch64 cross toolchain."""
+    for mark in (
+        pytest.mark.emulated,
+        pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="apt-get install qemu-user-static"),
+        pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="apt-get install g++-aarch64-linux-gnu"),
+    ):
+        test = mark(test)
+    return test
+
+# Run in the emulated python: load <dir>/<name>.so, run it on <name>_x.npy, compare with <name>_ref.npy.
+RUN_SCRIPT = """
+import sys, numpy as np, tvm
+from tvm import relax
+for name in sys.argv[2:]:
+    vm = relax.VirtualMachine(tvm.runtime.load_module(f"{sys.argv[1]}/{name}.so"), tvm.cpu())
+    y = vm["main"](tvm.runtime.tensor(np.load(f"{sys.argv[1]}/{name}_x.npy")))
+    y = (y if hasattr(y, "numpy") else y[0]).numpy()
+    ref = np.load(f"{sys.argv[1]}/{name}_ref.npy")
+    print(name, "exact" if y.dtype == ref.dtype and np.array_equal(y, ref) else "MISMATCH")
+"""
 
 
-@pytest.mark.emulated
-@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="apt-get install qemu-user-static")
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="apt-get install g++-aarch64-linux-gnu")
+def run_on_emulated_board(directory: Path, names: list[str]) -> None:
+    """Run each ``directory/<name>.so`` on the emulated board and assert it is bit-exact."""
+    board = [sys.executable, str(REPO / "tools" / "emulated_board.py")]
+    setup = subprocess.run([*board, "setup"], capture_output=True, text=True, timeout=1800)
+    assert setup.returncode == 0, setup.stderr or setup.stdout
+    script = directory / "run_on_board.py"
+    script.write_text(RUN_SCRIPT)
+    run = subprocess.run([*board, "python", str(script), str(directory), *names], capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [word for name in names for word in (name, "exact")], run.stdout
+
+
+@on_emulated_board
 def test_sdot_kernels_are_bit_exact_on_the_emulated_board(tmp_path):
     from tvm.support import cc
 
-    script = tmp_path / "run.py"
-    names = list(all_cases())
-    for name, (mod, x, ref) in all_cases().items():
+    cases = all_cases()
+    for name, (mod, x, ref) in cases.items():
         _, executable = _schedule_for(mod, rpi5())
         executable.export_library(str(tmp_path / f"{name}.so"), fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
         np.save(tmp_path / f"{name}_x.npy", x)
         np.save(tmp_path / f"{name}_ref.npy", ref)
-    script.write_text(
-        "import sys, numpy as np, tvm\nfrom tvm import relax\n"
-        "for name in sys.argv[2:]:\n"
-        "    vm = relax.VirtualMachine(tvm.runtime.load_module(f'{sys.argv[1]}/{name}.so'), tvm.cpu())\n"
-        "    y = vm['main'](tvm.runtime.tensor(np.load(f'{sys.argv[1]}/{name}_x.npy'))).numpy()\n"
-        "    ref = np.load(f'{sys.argv[1]}/{name}_ref.npy')\n"
-        "    print(name, 'exact' if y.dtype == ref.dtype and np.array_equal(y, ref) else 'MISMATCH')\n"
-    )
-    setup = subprocess.run([sys.executable, str(REPO / "tools" / "emulated_board.py"), "setup"],
-                           capture_output=True, text=True, timeout=1800)
-    assert setup.returncode == 0, setup.stderr or setup.stdout
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "emulated_board.py"), "python", str(script),
-                          str(tmp_path), *names], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == [word for name in names for word in (name, "exact")], run.stdout
+    run_on_emulated_board(tmp_path, list(cases))
+
+
+@on_emulated_board
+def test_mobilenetv2_int8_rpi5_artifact_is_bit_exact_on_the_emulated_board(tmp_path):
+    """The whole integer-only MobileNetV2 (sdot convs, the shift fused or not, depthwise uint8)
+    against ONNX Runtime on the same integer graph."""
+    from compiler import compile_model
+    from compiler.verify import run_onnxruntime
+    from tests.data.make_models import model_path
+
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(4)]
+    out = tmp_path / "mobilenetv2"
+    result = compile_model(model_path("mobilenetv2"), target="rpi5", output=out, quantize="int8",
+                           calibration=calibration, measure=False, verify=False, progress=False)
+    rules = list(result.report["lowering"]["scheduled"].values())
+    assert rules.count("conv2d-int8-arm-sdot") >= 20 and result.report["lowering"]["unscheduled"] == []
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    (expected,) = run_onnxruntime(onnx.load(str(out / "model.opt.onnx")), {"x": x})
+    np.save(out / "model_x.npy", x)
+    np.save(out / "model_ref.npy", expected)
+    run_on_emulated_board(out, ["model"])

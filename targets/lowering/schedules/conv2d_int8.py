@@ -37,10 +37,11 @@ each broadcast in a register for the nb uses and spills accumulators (measured 0
 on the 64->64 3x3 @56 layer).
 
 Limitations (the function is left to the next rule, ``Conv2dDirect``, which is dtype-agnostic):
-int8 (signed) activations, because ``vpdpbusd`` multiplies unsigned by signed bytes (the
-integer-only form of passes/quantize uses uint8 activations; supporting int8 would need the
-data + 128 shift and a per-channel ``128 * sum(w)`` correction, which changes the computation and
-cannot be expressed by schedule primitives); C % 4 != 0 (e.g. an RGB input layer; ``pad_einsum``
+int8 (signed) activations on x86, because ``vpdpbusd`` multiplies unsigned by signed bytes (the
+integer-only form of passes/quantize uses uint8 activations; the opposite shift, for ARM's
+int8 x int8 ``sdot``, is done in the Relax module by targets/lowering/signed_activations.py, since
+it changes the computation and cannot be expressed by schedule primitives; ``Conv2dInt8ArmDot`` at
+the end of this module); C % 4 != 0 (e.g. an RGB input layer; ``pad_einsum``
 does not apply to the conv's composite indices -- the ConvInteger converter in
 targets/lowering/integer_ops.py therefore pads the input channels of constant-weight convs to a
 multiple of 4, x with its zero point and w with zeros, exact, so the integer-only stem conv is

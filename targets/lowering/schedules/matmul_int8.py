@@ -27,8 +27,9 @@ A already holds 4 consecutive k of one row in one 32-bit word (the broadcast ope
 is re-laid-out, once, at compile time. At most 16 accumulators per tile (see conv2d_int8:
 broadcasts reused nb times stay live in registers and larger tiles spill).
 
-Limitations (declined, left to ``matmul.Matmul``): int8 (signed) A (vpdpbusd is unsigned x
-signed; the integer-only form uses uint8 activations), non-VNNI targets without AVX2 (``vpmaddubsw``
+Limitations (declined, left to ``matmul.Matmul``): int8 (signed) A on x86 (vpdpbusd is unsigned x
+signed; the integer-only form uses uint8 activations; ``MatmulInt8ArmDot`` takes int8 A on AArch64
+with sdot), non-VNNI targets without AVX2 (``vpmaddubsw``
 saturates, not bit-exact; AVX2 targets get ``MatmulInt8AVX2``), and MatMulInteger as TVM's ONNX
 importer converts it: it widens both operands to int32 before the matmul (``astype`` + zero-point
 ``subtract``), so the matmul is int32 x int32 and not a byte dot product; the integer converters
