@@ -494,7 +494,7 @@ def compile_model(
                 **({"artifact_on_device_vs_onnxruntime": device_check} if device_check else {}),
                 "integer_bit_exact": integer_check
                 if integer_check or not integer_records
-                else {"passed": None, "reason": f"not claimed: {islands} float island(s) in the graph"},
+                else {"passed": None, "reason": _unchecked_integer_reason(islands, target_obj, result, remote)},
             },
             "calibration": {"samples": calib_set.samples, "batches": len(calib_feeds), "note": calib_set.note}
             if calib_feeds else None,
@@ -566,6 +566,18 @@ def _tuning_records(model_proto, target, shapes, tune: int, records, timings: di
     if records is not None:
         return Path(records)
     return SHIPPED_RECORDS_DIR if SHIPPED_RECORDS_DIR.is_dir() else None
+
+
+def _unchecked_integer_reason(islands: int, target, lowered, remote) -> str:
+    """Why an integer-only graph's bit-exactness across runtimes was not checked (report text)."""
+    if islands:
+        return f"not claimed: {islands} float island(s) in the graph"
+    if lowered is None:
+        return "not checked: the model was not lowered to an artifact"
+    if not target.runs_locally and remote is None:
+        return (f"not checked: the {target.name} artifact does not run on this machine; "
+                "compile with --rpc-tracker and --rpc-key to check it on the board")
+    return "not checked"
 
 
 def _check_artifact(lib, feeds_list: list[Feeds], reference: list[list[np.ndarray]], lossy: bool,

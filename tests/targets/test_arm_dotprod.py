@@ -220,3 +220,20 @@ def test_mobilenetv2_int8_rpi5_artifact_is_bit_exact_on_the_emulated_board(tmp_p
     np.save(out / "model_x.npy", x)
     np.save(out / "model_ref.npy", expected)
     run_on_emulated_board(out, ["model"])
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="apt-get install g++-aarch64-linux-gnu")
+def test_rpi5_int8_compile_without_a_board(tmp_path):
+    """``compile --target rpi5 --quantize int8`` without a board: an aarch64 artifact with the sdot
+    kernels, and the report says why bit-exactness was not checked (not "0 float islands")."""
+    from compiler import compile_model
+
+    out = tmp_path / "out"
+    result = compile_model(REPO / "examples" / "digits_cnn.onnx", target="rpi5", output=out, quantize="int8",
+                           progress=False)
+    lowering = result.report["lowering"]
+    assert lowering["artifact"]["machine"] == "aarch64" and lowering["unscheduled"] == []
+    assert sorted(rule for rule in lowering["scheduled"].values() if "sdot" in rule) == [
+        "conv2d-int8-arm-sdot", "conv2d-int8-arm-sdot", "matmul-int8-arm-sdot"]
+    reason = result.report["summary"]["verification"]["integer_bit_exact"]["reason"]
+    assert "does not run on this machine" in reason and "--rpc-tracker" in reason
