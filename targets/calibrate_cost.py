@@ -325,6 +325,8 @@ class Measurement:
     kernels: list[tuple[str, float]]
     total_s: float
     lowering_s: float
+    #: kernel name -> the schedule rule that scheduled it (the lowering report's ``scheduled``)
+    rules: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare_model(path: str | os.PathLike, target: Target) -> Model:
@@ -385,6 +387,7 @@ class _LocalTimer:
         start = time.perf_counter()
         result = lower_model(to_proto(model), target, {}, workdir)
         self.lowering_s = time.perf_counter() - start
+        self.rules = dict(result.scheduled)
         module = tvm.runtime.load_module(str(workdir / result.library_file))  # stays loaded after the dir goes
         self.vm = relax.VirtualMachine(module, tvm.cpu())
         self.timed_vm = relax.VirtualMachine(module, tvm.cpu())
@@ -421,7 +424,7 @@ class _LocalTimer:
     def result(self) -> Measurement:
         names = [name for name, _ in self.runs[0]]
         medians = [(name, statistics.median(run[i][1] for run in self.runs)) for i, name in enumerate(names)]
-        return Measurement(medians, statistics.median(self.totals), self.lowering_s)
+        return Measurement(medians, statistics.median(self.totals), self.lowering_s, self.rules)
 
 
 def _measure_layers_rpc(model: Model, target: Target, repeats: int, seed: int, rpc) -> Measurement:

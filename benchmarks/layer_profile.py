@@ -1,0 +1,234 @@
+"""``python -m benchmarks.layer_profile``: per-layer times of edgekiln's artifact next to ONNX
+Runtime's, in one run, one thread -- "what limits it, per op" for the latency goals.
+
+    python -m benchmarks.layer_profile mobilenetv2                     # fp32: ours vs ORT fp32
+    python -m benchmarks.layer_profile mobilenetv2 --quantize int8-w7  # ours vs ORT int8 (QDQ)
+    python -m benchmarks.layer_profile resnet18 --quantize int8 --runs 30 --batch 1
+
+Ours: the model after the compile passes (``--quantize`` as ``compile`` does it, with the latency
+suite's calibration inputs), lowered for the ``cpu`` target and every kernel call timed in a Relax
+VM with an instrument hook (targets/calibrate_cost.measure_layers: medians over ``--runs`` runs in
+three alternating rounds; the whole-model median from an uninstrumented VM). ONNX Runtime: the same
+model (``--quantize``: ``quantize_static`` QDQ on the same calibration inputs, what the latency
+suite's ``onnxruntime_int8`` runs), all graph optimizations, its built-in per-node profiler, medians
+over the same number of runs. Both use one thread (``TVM_NUM_THREADS=1``, one intra-op thread).
+
+Layers are paired by position: the model's Conv / Gemm / MatMul nodes, our conv and matmul kernels
+(one per such node after fusion) and ORT's conv / gemm / matmul nodes, each in execution order.
+When the three counts differ (ORT fused differently, e.g. attention), the two lists are reported
+unpaired. The instrument hook adds a few microseconds per kernel, so very small kernels read
+slightly slow; the whole-model medians are not affected.
+
+The table is printed; JSON goes to ``benchmarks/results/layers-<model>-<precision>-<UTC time>.json``
+with the machine description.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")  # before the TVM runtime starts its thread pool
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks import latency, machine  # noqa: E402
+from benchmarks.timing import measure  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: ONNX op types of the layers that are paired (the model's compute layers)
+LAYER_OPS = ("Conv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger")
+#: ORT's kernels for them, fp32 and QDQ int8 (after its own fusions)
+ORT_LAYER_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "Gemm", "FusedGemm", "QGemm", "MatMul",
+                 "FusedMatMul", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul")
+
+
+def describe_layers(path: Path) -> list[str]:
+    """One line per Conv / Gemm / MatMul node of the model at ``path``, in graph order
+    ("Conv 96x16x1x1 s1 g1 on 16x112x112")."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.input]}
+    weights = {t.name: list(numpy_helper.to_array(t).shape) for t in model.graph.initializer}
+    lines = []
+    for node in model.graph.node:
+        if node.op_type not in LAYER_OPS:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        weight = "x".join(str(d) for d in weights.get(node.input[1], [])) or "activation"
+        data = "x".join(str(d) for d in shapes.get(node.input[0], [])[1:])
+        if node.op_type.startswith("Conv"):
+            stride = attrs["strides"].ints[0] if "strides" in attrs else 1
+            group = attrs["group"].i if "group" in attrs else 1
+            lines.append(f"{node.op_type} {weight} s{stride} g{group} on {data}")
+        else:
+            lines.append(f"{node.op_type} {weight} on {data}")
+    return lines
+
+
+def ort_node_profile(path: Path, feeds: dict[str, np.ndarray], runs: int) -> tuple[list[tuple[str, str, float]], float]:
+    """([(node name, op type, median ms)] in execution order, from ONNX Runtime's per-node
+    profiler; whole-model median ms, timed without the profiler) on one thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    warmup = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    op_types: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"][: -len("_kernel_time")]
+            durations[name].append(event["dur"] / 1e3)
+            op_types[name] = event.get("args", {}).get("op_name", "?")
+    durations = {name: times[warmup:] or times for name, times in durations.items()}  # the warm-up runs dropped
+    nodes = [(name, op_types[name], statistics.median(times)) for name, times in durations.items()]
+    # the whole model timed without the profiler (whose per-node events add to its run time)
+    plain = latency._ort_session(path, threads=1)
+    return nodes, measure(lambda: plain.run(None, feeds), runs=runs)["median_ms"]
+
+
+def our_kernel_profile(model_path: Path, runs: int):
+    """targets.calibrate_cost.Measurement of the model at ``model_path`` lowered for ``cpu``."""
+    import onnx
+
+    from compiler.ir import from_proto
+    from targets.calibrate_cost import measure_layers
+
+    return measure_layers(from_proto(onnx.load(str(model_path))), "cpu", repeats=runs)
+
+
+def _is_layer_kernel(name: str) -> bool:
+    lowered = name.lower()
+    return "conv" in lowered or "matmul" in lowered or "dense" in lowered
+
+
+def profile(name: str, quantize: str | None, batch: int = 1, runs: int = 20) -> dict:
+    """Per-layer times of ours and ORT for one model (module docstring); a JSON-able dict."""
+    from compiler import compile_model
+
+    path = Path(name) if name.endswith(".onnx") else latency.model_for(name, batch)
+    feeds = latency._input_feeds(path)
+    calibration = [latency._input_feeds(path, seed=s) for s in range(8)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        # the model compile lowers: after its passes (BatchNorm folding..., the quantizer)
+        compile_model(path, output=tmp_path / "ours", quantize=quantize, calibration=calibration if quantize else None,
+                      lower=False, verify=False, measure=False, progress=False)
+        ours_model = tmp_path / "ours" / "model.opt.onnx"
+        ort_model = path
+        if quantize:
+            from benchmarks.ort_quant import quantize_static_qdq
+
+            ort_model = quantize_static_qdq(path, tmp_path / "ort_int8.onnx", calibration)
+        ort_nodes, ort_total = ort_node_profile(ort_model, feeds, runs)
+        ours = our_kernel_profile(ours_model, runs)
+
+    layers = describe_layers(path)
+    our_layers = [(k, t * 1e3) for k, t in ours.kernels if _is_layer_kernel(k)]
+    ort_layers = [(n, op, t) for n, op, t in ort_nodes if op in ORT_LAYER_OPS]
+    paired = len(layers) == len(our_layers) == len(ort_layers)
+    rows = []
+    if paired:
+        for layer, (kernel, ms), (node, op, ort_ms) in zip(layers, our_layers, ort_layers):
+            rows.append({"layer": layer, "ours_ms": ms, "ort_ms": ort_ms, "ratio": ms / ort_ms if ort_ms else None,
+                         "rule": ours.rules.get(kernel, "?"), "kernel": kernel, "ort_node": node, "ort_op": op})
+    by_rule: dict[str, float] = collections.defaultdict(float)
+    for kernel, seconds in ours.kernels:
+        by_rule[ours.rules.get(kernel, "?")] += seconds * 1e3
+    by_op: dict[str, float] = collections.defaultdict(float)
+    for _, op, ms in ort_nodes:
+        by_op[op] += ms
+    return {
+        "model": name,
+        "batch": batch,
+        "precision": quantize or "fp32",
+        "runs": runs,
+        "ours_total_ms": ours.total_s * 1e3,
+        "ort_total_ms": ort_total,
+        "ours_kernel_sum_ms": sum(t for _, t in ours.kernels) * 1e3,
+        "ort_node_sum_ms": sum(t for _, _, t in ort_nodes),
+        "paired": paired,
+        "layers": rows,
+        "ours_by_rule_ms": dict(sorted(by_rule.items(), key=lambda kv: -kv[1])),
+        "ort_by_op_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+        **({} if paired else {"unpaired": {"model_layers": layers, "ours": our_layers,
+                                           "ort": [(n, op, t) for n, op, t in ort_layers]},
+                              "note": f"{len(layers)} model layers, {len(our_layers)} of our layer kernels, "
+                                      f"{len(ort_layers)} ORT layer nodes: not paired"}),
+    }
+
+
+def table(result: dict) -> str:
+    """The printed report of :func:`profile`."""
+    reference = "ORT int8 (QDQ)" if result["precision"] != "fp32" else "ORT fp32"
+    lines = [f"{result['model']} {result['precision']} batch {result['batch']}, 1 thread, medians of "
+             f"{result['runs']} runs; ours vs {reference}",
+             f"whole model: ours {result['ours_total_ms']:.3f} ms, {reference} {result['ort_total_ms']:.3f} ms "
+             f"(ratio {result['ours_total_ms'] / result['ort_total_ms']:.2f}); kernel sums "
+             f"{result['ours_kernel_sum_ms']:.3f} / {result['ort_node_sum_ms']:.3f} ms", ""]
+    if result["paired"]:
+        lines.append(f"{'ORT ms':>8} {'ours ms':>8} {'ratio':>6}  {'our rule':<28} layer")
+        for row in result["layers"]:
+            lines.append(f"{row['ort_ms']:8.3f} {row['ours_ms']:8.3f} {row['ratio']:6.2f}  {row['rule']:<28} {row['layer']}")
+    else:
+        lines.append(result["note"])
+    lines += ["", "ours by rule (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in result["ours_by_rule_ms"].items()),
+              f"{reference} by op (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in result["ort_by_op_ms"].items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.layer_profile", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="zoo model (resnet18, mobilenetv2, transformer, digits) or an .onnx path")
+    parser.add_argument("--quantize", choices=["int8", "int8-w7"], default=None,
+                        help="compare the integer-only artifact with ORT's quantize_static int8 (default: fp32)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the zoo model (default 1)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per side (default 20)")
+    parser.add_argument("--no-save", action="store_true", help="do not write the JSON result")
+    args = parser.parse_args(argv)
+    if args.runs < 3:
+        parser.error("--runs must be at least 3")
+    if args.model.endswith(".onnx") and not Path(args.model).is_file():
+        print(f"error: {args.model}: no such file", file=sys.stderr)
+        return 2
+    if not args.model.endswith(".onnx") and args.model not in ("resnet18", "mobilenetv2", "transformer", "digits"):
+        print(f"error: unknown model '{args.model}' (known: resnet18, mobilenetv2, transformer, digits, or an .onnx path)",
+              file=sys.stderr)
+        return 2
+    result = profile(args.model, args.quantize, args.batch, args.runs)
+    result["machine"] = machine.describe()
+    print(table(result))
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+        out = RESULTS / f"layers-{Path(args.model).stem}-{result['precision']}-{stamp}.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
