@@ -13,8 +13,10 @@ model (``--quantize``: ``quantize_static`` QDQ on the same calibration inputs, w
 suite's ``onnxruntime_int8`` runs), all graph optimizations, its built-in per-node profiler, medians
 over the same number of runs. Both use one thread (``TVM_NUM_THREADS=1``, one intra-op thread).
 
-Layers are paired by position: the model's Conv / Gemm / MatMul nodes, our conv and matmul kernels
-(one per such node after fusion) and ORT's conv / gemm / matmul nodes, each in execution order.
+Layers are paired by position in the model's graph order: the model's Conv / Gemm / MatMul nodes,
+our conv and matmul kernels (one per such node after fusion, run in graph order) and ORT's conv /
+gemm / matmul nodes, matched to the model's by name (ORT may run independent layers in another
+order).
 When the three counts differ (ORT fused differently, e.g. attention), the two lists are reported
 unpaired. The instrument hook adds a few microseconds per kernel, so very small kernels read
 slightly slow; the whole-model medians are not affected.
@@ -52,9 +54,9 @@ ORT_LAYER_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "Gemm", "F
                  "FusedMatMul", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul")
 
 
-def describe_layers(path: Path) -> list[str]:
-    """One line per Conv / Gemm / MatMul node of the model at ``path``, in graph order
-    ("Conv 96x16x1x1 s1 g1 on 16x112x112")."""
+def describe_layers(path: Path) -> list[tuple[str, str]]:
+    """(node name, description) per Conv / Gemm / MatMul node of the model at ``path``, in graph
+    order (description: "Conv 96x16x1x1 s1 g1 on 16x112x112")."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -72,9 +74,9 @@ def describe_layers(path: Path) -> list[str]:
         if node.op_type.startswith("Conv"):
             stride = attrs["strides"].ints[0] if "strides" in attrs else 1
             group = attrs["group"].i if "group" in attrs else 1
-            lines.append(f"{node.op_type} {weight} s{stride} g{group} on {data}")
+            lines.append((node.name, f"{node.op_type} {weight} s{stride} g{group} on {data}"))
         else:
-            lines.append(f"{node.op_type} {weight} on {data}")
+            lines.append((node.name, f"{node.op_type} {weight} on {data}"))
     return lines
 
 
@@ -107,6 +109,22 @@ def ort_node_profile(path: Path, feeds: dict[str, np.ndarray], runs: int) -> tup
     # the whole model timed without the profiler (whose per-node events add to its run time)
     plain = latency._ort_session(path, threads=1)
     return nodes, measure(lambda: plain.run(None, feeds), runs=runs)["median_ms"]
+
+
+def ort_in_model_order(layers: list[tuple[str, str]], ort_layers: list[tuple[str, str, float]]) -> list:
+    """ORT's layer nodes reordered into the model's graph order. ORT names its nodes after the
+    model's (``<name>`` or ``<name>_<suffix>``, e.g. ``/layer2/layer2.0/conv1/Conv_token_22``)
+    but may execute independent layers in another order (a ResNet downsample after the block's
+    convs). Our kernels run in graph order (the importer walks the graph), so this is the order
+    both are paired in. When some name does not match exactly one layer, ORT's execution order is
+    kept."""
+    by_layer: dict[str, tuple[str, str, float]] = {}
+    for entry in ort_layers:
+        matches = [name for name, _ in layers if entry[0] == name or entry[0].startswith(name + "_")]
+        if len(matches) != 1 or matches[0] in by_layer:
+            return ort_layers
+        by_layer[matches[0]] = entry
+    return [by_layer[name] for name, _ in layers]
 
 
 def our_kernel_profile(model_path: Path, runs: int):
@@ -151,7 +169,8 @@ def profile(name: str, quantize: str | None, batch: int = 1, runs: int = 20) -> 
     paired = len(layers) == len(our_layers) == len(ort_layers)
     rows = []
     if paired:
-        for layer, (kernel, ms), (node, op, ort_ms) in zip(layers, our_layers, ort_layers):
+        ort_layers = ort_in_model_order(layers, ort_layers)
+        for (_, layer), (kernel, ms), (node, op, ort_ms) in zip(layers, our_layers, ort_layers):
             rows.append({"layer": layer, "ours_ms": ms, "ort_ms": ort_ms, "ratio": ms / ort_ms if ort_ms else None,
                          "rule": ours.rules.get(kernel, "?"), "kernel": kernel, "ort_node": node, "ort_op": op})
     by_rule: dict[str, float] = collections.defaultdict(float)
@@ -173,7 +192,7 @@ def profile(name: str, quantize: str | None, batch: int = 1, runs: int = 20) -> 
         "layers": rows,
         "ours_by_rule_ms": dict(sorted(by_rule.items(), key=lambda kv: -kv[1])),
         "ort_by_op_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
-        **({} if paired else {"unpaired": {"model_layers": layers, "ours": our_layers,
+        **({} if paired else {"unpaired": {"model_layers": [d for _, d in layers], "ours": our_layers,
                                            "ort": [(n, op, t) for n, op, t in ort_layers]},
                               "note": f"{len(layers)} model layers, {len(our_layers)} of our layer kernels, "
                                       f"{len(ort_layers)} ORT layer nodes: not paired"}),
