@@ -33,3 +33,15 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert layer_profile.main(["nosuchmodel"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'nosuchmodel'" in err and err.count("\n") == 1
+
+
+def test_ort_layers_are_put_in_graph_order_by_name():
+    from benchmarks.layer_profile import ort_in_model_order
+
+    layers = [("/l2/downsample/Conv", "Conv a"), ("/l2/conv1/Conv", "Conv b"), ("/l2/conv2/Conv", "Conv c")]
+    executed = [("/l2/conv1/Conv_token_22", "QLinearConv", 1.2), ("/l2/conv2/Conv_token_25", "QLinearConv", 1.1),
+                ("/l2/downsample/Conv_token_19", "QLinearConv", 0.1)]
+    assert [t for _, _, t in ort_in_model_order(layers, executed)] == [0.1, 1.2, 1.1]
+    # a name that matches no layer (or two): ORT's execution order is kept
+    renamed = [("fused_0", "FusedConv", 1.0), *executed[1:]]
+    assert ort_in_model_order(layers, renamed) == renamed
