@@ -671,8 +671,9 @@ def register_avx2_pixel_maddubs_intrinsic() -> str:
 # --- int8 dot products on AArch64 (the dot-product extension, FEAT_DotProd) ----------------------
 
 # Our 4x4 s8 x s8 -> s32 dot-product intrinsic: C[4] += sum_k A[k] (int8) * B[4, k] (int8), k < 4,
-# one ``sdot v.4s, v.16b, v.16b`` (LLVM selects the by-element form ``sdot v.4s, v.16b, v.4b[i]``
-# when A's word is a lane of a loaded vector). The instruction multiplies signed by signed (or,
+# one ``sdot v.4s, v.16b, v.16b`` with A's 4-byte word broadcast by ``ld1r`` (what LLVM emits for
+# the rules' tiles; the by-element form ``sdot .., v.4b[i]``, which would share one activation load
+# among 4 words, is not selected). The instruction multiplies signed by signed (or,
 # ``udot``, unsigned by unsigned) bytes; there is no mixed form before the I8MM extension, so the
 # integer-only form's uint8 activations are shifted to int8 in the Relax module before fusion
 # (targets/lowering/signed_activations.py: x - 128 with a 128 * sum(w) correction, exact), and the
