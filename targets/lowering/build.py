@@ -7,6 +7,8 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
     requant_float              (x86) the int64 requantizer chains of the integer-only form as the
                                exact float64 computation (requant_float.py: no 64-bit vector
                                multiply on x86 before AVX-512DQ)
+    flat_pixels                (x86 AVX2) 8-bit 1x1 expansions on 14x14-like images as convs over a
+                               flat pixel row padded to whole 8-pixel vectors (pixel-vectorized rule)
     signed_activations         (AArch64 with sdot) uint8 x int8 convs/matmuls as int8 x int8 with
                                a constant correction, exact (sdot multiplies int8 by int8 only)
     zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
@@ -29,7 +31,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import batch_split, int4, requant_float, schedules, signed_activations
+from targets.lowering import batch_split, flat_pixels, int4, requant_float, schedules, signed_activations
 from targets.lowering.errors import lowering_step
 
 
@@ -55,6 +57,9 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         if schedules.common.is_x86_cpu(tvm_target):
             with lowering_step("float64 requantization (requant_float)"):
                 mod, _, _ = requant_float.rewrite_requant_chains(mod)
+        if schedules.common.has_avx2_int8(tvm_target):
+            with lowering_step("1x1 expansions on a flat pixel row (flat_pixels)"):
+                mod, _ = flat_pixels.flatten_small_image_expansions(mod)
         if schedules.common.has_arm_dotprod(tvm_target):
             with lowering_step("int8 activations for sdot (signed_activations)"):
                 mod, _ = signed_activations.shift_uint8_activations(mod)

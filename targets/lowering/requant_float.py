@@ -55,6 +55,7 @@ import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _constant
+from targets.lowering.relax_rewrites import function_bindings, with_functions
 
 __all__ = ["float_branch_constants", "float_requant_constants", "rewrite_requant_chains"]
 
@@ -360,21 +361,10 @@ def rewrite_requant_chains(mod: tvm.IRModule) -> tuple[tvm.IRModule, int, int]:
     for gvar, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
-        bindings = {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                if isinstance(binding, relax.VarBinding):
-                    bindings[binding.var] = binding.value
-        rewriter = _RequantRewriter(mod, bindings)
+        rewriter = _RequantRewriter(mod, function_bindings(func))
         new_func = rewriter.visit_expr(func)
         rewritten += rewriter.rewritten
         kept += rewriter.kept
         if rewriter.rewritten:
             updates[gvar] = new_func
-    if updates:
-        mod = mod.clone()  # the caller's module stays as it was
-    for gvar, func in updates.items():
-        mod[gvar] = func
-    if updates:
-        mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, rewritten, kept
+    return with_functions(mod, updates), rewritten, kept

@@ -37,6 +37,7 @@ import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _constant, _dtype, _shape
+from targets.lowering.relax_rewrites import function_bindings, with_functions
 from targets.lowering.schedules.common import ARM_SDOT_DEPTH, ARM_SDOT_LANES
 
 __all__ = ["shift_uint8_activations"]
@@ -131,19 +132,9 @@ def shift_uint8_activations(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     for gvar, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
-        bindings = {}
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                if isinstance(binding, relax.VarBinding):
-                    bindings[binding.var] = binding.value
-        rewriter = _ShiftRewriter(mod, bindings)
+        rewriter = _ShiftRewriter(mod, function_bindings(func))
         new_func = rewriter.visit_expr(func)
         if rewriter.rewritten:
             rewritten += rewriter.rewritten
             updates[gvar] = new_func
-    if updates:
-        mod = mod.clone()
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, rewritten
+    return with_functions(mod, updates), rewritten

@@ -181,14 +181,21 @@ def find_anchor(sch: s_tir.Schedule, names: tuple[str, ...]):
     return found[0] if len(found) == 1 else None
 
 
-def fuse_epilogue(sch: s_tir.Schedule, anchor):
+def fuse_epilogue(sch: s_tir.Schedule, anchor, keep_slice: bool = False):
     """Inline every elementwise block after ``anchor`` into the last one and return that last block
     (None when the anchor is the output). Raises if the chain is not a simple elementwise tail, so
-    the calling rule can decline the function."""
+    the calling rule can decline the function.
+
+    ``keep_slice``: a final ``strided_slice`` block (flat_pixels.py's crop of a padded pixel row)
+    stays a separate copy after the epilogue, which then writes the whole padded row: inlined into
+    the write-back, the crop would predicate its last pixel vector and TVM would scalarize the
+    whole vectorized write-back."""
     blocks = root_blocks(sch)
     names = [block_name(sch, b) for b in blocks]
     idx = names.index(block_name(sch, anchor))
     tail = blocks[idx + 1 :]
+    if keep_slice and len(tail) >= 2 and names[-1].startswith("T_strided_slice"):
+        tail = tail[:-1]
     for b in tail[:-1]:
         sch.compute_inline(b)
     return tail[-1] if tail else None

@@ -114,7 +114,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
         # The data operand's producers in the function are inlined into the pack.
         data_producers = common.operand_producers(sch, conv, data_idx)
-        epilogue = common.fuse_epilogue(sch, conv)
+        epilogue = common.fuse_epilogue(sch, conv, keep_slice=True)
 
         # Weight: [F, C, 1, 1] int8 -> [F/t, C/2, t, 2] int16 (folded at compile time); with
         # vpmaddubsw [F/t, C/4, t, 4] int8.

@@ -1,0 +1,184 @@
+"""8-bit 1x1 expansion convs on small images as convs over a flat, padded row of pixels (x86 AVX2).
+
+The pixel-vectorized int8 rules (schedules/conv1x1_int8.py) take a 1x1 stride-1 conv over its
+flattened image in vectors of 8 pixels, and need H*W % 8 == 0. MobileNetV2's 14x14 expansions
+(196 pixels) miss that and go to the channel-vectorized rules, whose per-output write-back (a
+channel-to-pixel transpose and one byte store per output) then costs as much as the dot products.
+This rewrite, on the Relax module before fusion, runs such a conv on a 1 x P' image instead,
+P' = H*W rounded up to a multiple of 8::
+
+    x [N, C, H, W]  -> reshape [N, C, 1, H*W] -> pad with 0 to [N, C, 1, P']
+    y = conv1x1(x', w) followed by its elementwise epilogue (bias, zero-point correction, the
+        requantizer chain, clip, cast: every op whose other operands are constants), on P' pixels
+    y [N, F, 1, P'] -> strided_slice to H*W pixels -> reshape [N, F, H, W]
+
+Exact: a 1x1 stride-1 conv and an elementwise epilogue with per-channel constants compute every
+pixel independently, so the first H*W pixels of the padded result are the original ones; the
+P' - H*W padded pixels are computed and dropped. The reshapes are views. The pad of the input is
+a small separate kernel (C*P' bytes; FuseOps often merges it with the pad before it). The slice
+fuses into the conv's function, where the pixel rule keeps it as a plain copy after its
+vectorized write-back (``common.fuse_epilogue(keep_slice=True)``): inlined, it would predicate
+the last pixel vector and TVM would scalarize the write-back (measured 0.13 -> 0.18 ms, slower
+than before the rewrite).
+
+Measured on one Zen 3 core, in MobileNetV2 (the rewrite on vs off, lowered twice and timed in
+alternation, 60 runs each, kernels timed one by one): 64->384 @14 0.131 -> 0.092 ms, 96->576 @14
+0.233 -> 0.173 ms, the input pads 0.002 ms each; whole model int8-w7 8.82 -> 8.57-8.63 ms, int8
+11.22 -> 10.76-10.80 ms. Applied only where it was measured to pay: expansions (F > C, the layers
+whose short reduction makes the write-back dominate) with C <= conv1x1_int8.MAX_CHANNELS, a
+multiple of 4, and at least 64 pixels (at most 12% padding; 7x7 images, 49 -> 56 pixels, measured
+0.131 -> 0.122 ms standalone, too little for the extra pad, are left alone). Targets: x86 AVX2
+without VNNI (``schedules.common.has_avx2_int8``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from targets.lowering.integer_ops import _constant, _dtype, _shape
+from targets.lowering.relax_rewrites import function_bindings, with_functions
+from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH
+from targets.lowering.schedules.conv1x1_int8 import MAX_CHANNELS
+
+__all__ = ["flatten_small_image_expansions"]
+
+# pixels of an image below which the padding to whole vectors is not worth it (see docstring)
+MIN_PIXELS = 64
+
+# elementwise ops an epilogue chain may hold (the integer-only form's requantizers, both the int64
+# chain and requant_float's int32/float64 forms)
+_ELEMENTWISE = frozenset(
+    f"relax.{name}" for name in (
+        "add", "subtract", "multiply", "right_shift", "left_shift", "maximum", "minimum", "clip", "astype",
+        "floor", "round", "bitwise_xor",
+    )
+)
+
+
+def _static_shape(expr) -> list[int] | None:
+    """The static shape of a tensor expression; None for a symbolic one or a scalar (PrimType)."""
+    try:
+        return _shape(expr)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _is_pixel_invariant_constant(expr, bindings) -> bool:
+    """A scalar constant (Clip's bounds) or a constant tensor that is the same for every pixel
+    (shape [.., 1, 1], a per-channel requantization constant), or a var bound to one: it
+    broadcasts over the padded pixel row as it did over the image."""
+    value = bindings.get(expr, expr)
+    if not isinstance(value, tvm.ir.expr.Constant):
+        return False
+    shape = _static_shape(value)
+    return shape is None or len(shape) < 2 or shape[-2:] == [1, 1]
+
+
+def _takes(call: relax.Call, bindings) -> bool:
+    """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW expansion conv this rewrite applies to."""
+    attrs = call.attrs
+    if (str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
+            or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"):
+        return False
+    if any(int(p) for p in attrs.padding) or any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation):
+        return False
+    data, weight = call.args
+    w = _constant(bindings.get(weight, weight))
+    shape = _static_shape(data)
+    if _dtype(data) != "uint8" or w is None or w.dtype != np.int8 or shape is None or len(shape) != 4:
+        return False
+    f, c, kh, kw = w.shape
+    pixels = shape[2] * shape[3]
+    return ((kh, kw) == (1, 1) and f > c and c <= MAX_CHANNELS and c % MADDUBS_DEPTH == 0
+            and pixels % AVX2_LANES != 0 and pixels >= MIN_PIXELS)
+
+
+def _epilogue_chains(func: relax.Function, bindings: dict) -> dict:
+    """conv var -> [chain vars in order]: each qualifying conv and the elementwise ops after it
+    whose other operands are constants, each the single use of the previous value."""
+    uses: dict = {}
+    consumers: dict = {}
+
+    def count(expr, binding_var):
+        for var in _free_vars(expr):
+            uses[var] = uses.get(var, 0) + 1
+            consumers[var] = binding_var
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            count(binding.value, binding.var)
+    count(func.body.body, None)
+    chains = {}
+    for var, value in bindings.items():
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name == "relax.nn.conv2d" and _takes(value, bindings)):
+            continue
+        chain = [var]
+        while uses.get(chain[-1]) == 1 and consumers.get(chain[-1]) is not None:
+            nxt = consumers[chain[-1]]
+            call = bindings.get(nxt)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in _ELEMENTWISE):
+                break
+            if not all(arg.same_as(chain[-1]) or _is_pixel_invariant_constant(arg, bindings) for arg in call.args):
+                break
+            chain.append(nxt)
+        chains[var] = chain
+    return chains
+
+
+def _free_vars(expr) -> list:
+    return list(relax.analysis.free_vars(expr)) if not isinstance(expr, relax.Var) else [expr]
+
+
+@relax.expr_functor.mutator
+class _FlattenRewriter(relax.PyExprMutator):
+    def __init__(self, mod, chains: dict):
+        super().__init__(mod)
+        self.start = chains
+        self.member = {var: start for start, chain in chains.items() for var in chain}
+        self.end = {chain[-1]: start for start, chain in chains.items()}
+        self.padded: dict = {}  # original chain var -> its value on the padded pixel row
+        self.rewritten = 0
+
+    def visit_var_binding_(self, binding):  # noqa: N802 - PyExprMutator hook
+        var = binding.var
+        if var not in self.member:
+            return super().visit_var_binding_(binding)
+        emit = self.builder_.emit
+        call = binding.value
+        if var in self.start:
+            data = self.visit_expr(call.args[0])
+            n, c, h, w = _shape(call.args[0])
+            pixels = h * w
+            padded_pixels = -(-pixels // AVX2_LANES) * AVX2_LANES
+            row = emit(relax.op.reshape(data, [n, c, 1, pixels]))
+            row = emit(relax.op.nn.pad(row, [0, 0, 0, 0, 0, 0, 0, padded_pixels - pixels], pad_value=0.0))
+            value = emit(relax.Call(call.op, [row, self.visit_expr(call.args[1])], call.attrs, call.ty_args))
+            self.rewritten += 1
+        else:
+            args = [self.padded[arg] if arg in self.padded else self.visit_expr(arg) for arg in call.args]
+            value = emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+        self.padded[var] = value
+        if var in self.end:
+            n, f, h, w = _shape(var)
+            cropped = emit(relax.op.strided_slice(value, axes=[3], begin=[0], end=[h * w]))
+            self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(relax.op.reshape(cropped, [n, f, h, w]))))
+
+
+def flatten_small_image_expansions(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """Rewrite every qualifying 8-bit 1x1 expansion conv of ``mod`` (module docstring). Returns
+    (module, convs rewritten); ``mod`` itself is not modified."""
+    rewritten = 0
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        chains = _epilogue_chains(func, function_bindings(func))
+        if not chains:
+            continue
+        rewriter = _FlattenRewriter(mod, chains)
+        updates[gvar] = rewriter.visit_expr(func)
+        rewritten += rewriter.rewritten
+    return with_functions(mod, updates), rewritten

@@ -1,0 +1,110 @@
+"""1x1 expansions on small images run on a flat, padded pixel row (targets/lowering/flat_pixels.py):
+exact, taken by the pixel-vectorized rule, and applied only where it was measured to pay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+
+from targets.lowering import flat_pixels  # noqa: E402
+from tests.targets.test_schedules_int8 import (  # noqa: E402
+    _emit_requant, _host_has_avx2, _requant_reference, compile_and_run, conv_case, conv_int64, host_target,
+)
+
+pytestmark = pytest.mark.tvm
+
+
+def conv_requant_module(x_shape, w: np.ndarray, seed: int, residual: np.ndarray | None = None):
+    """Relax module: a 1x1 conv of a uint8 input with ``w``, the int64 requantizer chain
+    (zero point 3), and optionally an int32 add of the constant ``residual`` (not per-channel)."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x_shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.nn.conv2d(xv, relax.const(w), out_dtype="int32"))
+            y = _emit_requant(bb, acc, w.shape[0], [1, w.shape[0], 1, 1], 3, 0, 255, seed)
+            if residual is not None:
+                y = bb.emit(relax.op.add(relax.op.astype(y, "int32"), relax.const(residual)))
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def _prepared_and_run(mod, x):
+    """build.prepare (which applies the rewrite on AVX2 hosts) -> schedules -> run."""
+    from targets.lowering import build
+
+    target = host_target()
+    prepared = build.prepare(mod, target)
+    return compile_and_run_prepared(prepared, x, target)
+
+
+def compile_and_run_prepared(prepared, x, target):
+    from targets.lowering.schedules import apply_default_schedules
+
+    with target:
+        scheduled, report = apply_default_schedules(prepared, target)
+        executable = tvm.compile(scheduled, target=target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy(), report
+
+
+@pytest.mark.parametrize("bound", [63, 127], ids=["w7", "w8"])
+def test_expansion_on_14x14_is_rewritten_and_bit_exact(bound):
+    mod, x, ref = conv_case(64, 14, 192, 1, 1, 0, True, weight_bound=bound)
+    rewritten, count = flat_pixels.flatten_small_image_expansions(mod)
+    assert count == 1
+    script = rewritten.script()
+    assert "R.nn.pad" in script and "R.strided_slice" in script
+    y, _, _ = compile_and_run(rewritten, x, host_target())
+    assert y.dtype == ref.dtype and np.array_equal(y, ref)
+
+
+@pytest.mark.skipif(not _host_has_avx2(), reason="the rewrite and the pixel rules are for AVX2 hosts")
+def test_rewritten_expansion_takes_the_pixel_rule():
+    mod, x, ref = conv_case(64, 14, 192, 1, 1, 0, True, weight_bound=63)
+    y, report = _prepared_and_run(mod, x)
+    assert np.array_equal(y, ref)
+    conv_rules = [rule for name, rule in report.scheduled.items() if "conv2d" in name]
+    assert conv_rules == ["conv1x1-int8-avx2-maddubs"], report.scheduled
+
+
+@pytest.mark.parametrize(
+    "c,h,f,k,stride,pad",
+    [(64, 7, 192, 1, 1, 0), (192, 14, 64, 1, 1, 0), (64, 16, 192, 1, 1, 0), (64, 14, 192, 1, 2, 0),
+     (64, 14, 192, 3, 1, 1)],
+    ids=["7x7-image", "projection", "whole-vectors", "stride-2", "3x3"],
+)
+def test_rewrite_leaves_other_convs_alone(c, h, f, k, stride, pad):
+    mod, _, _ = conv_case(c, h, f, k, stride, pad, True)
+    rewritten, count = flat_pixels.flatten_small_image_expansions(mod)
+    assert count == 0 and rewritten is mod
+
+
+def test_epilogue_chain_stops_at_a_residual_add():
+    """The chain covers only ops whose other operands are constants; the residual Add after it
+    reads the cropped [N, F, H, W] result."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(1, 32, 14, 14)).astype(np.uint8)
+    r = rng.integers(0, 256, size=(1, 96, 14, 14)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(96, 32, 1, 1)).astype(np.int8)
+    mod = conv_requant_module(x.shape, w, 5, residual=r.astype(np.int32))
+    rewritten, count = flat_pixels.flatten_small_image_expansions(mod)
+    assert count == 1
+    expected = _requant_reference(conv_int64(x, w), 1, 3, 0, 255, 5).astype(np.int32) + r
+    y, _, _ = compile_and_run(rewritten, x, host_target())
+    assert np.array_equal(y, expected)
+
+
+def test_batched_expansion_is_bit_exact():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, size=(2, 32, 14, 14)).astype(np.uint8)
+    w = rng.integers(-63, 64, size=(64, 32, 1, 1)).astype(np.int8)
+    mod = conv_requant_module(x.shape, w, 7)
+    assert flat_pixels.flatten_small_image_expansions(mod)[1] == 1
+    y, _ = _prepared_and_run(mod, x)
+    assert np.array_equal(y, _requant_reference(conv_int64(x, w), 1, 3, 0, 255, 7))
