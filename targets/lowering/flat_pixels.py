@@ -26,8 +26,9 @@ alternation, 60 runs each, kernels timed one by one): 64->384 @14 0.131 -> 0.092
 0.233 -> 0.173 ms, the input pads 0.002 ms each; whole model int8-w7 8.82 -> 8.57-8.63 ms, int8
 11.22 -> 10.76-10.80 ms. Applied only where it was measured to pay: expansions (F > C, the layers
 whose short reduction makes the write-back dominate) with C <= conv1x1_int8.MAX_CHANNELS, a
-multiple of 4, and at least 64 pixels (at most 12% padding; 7x7 images, 49 -> 56 pixels, measured
-0.131 -> 0.122 ms standalone, too little for the extra pad, are left alone). Targets: x86 AVX2
+multiple of 4, and at least 64 pixels (at most 12% padding). 7x7 images (49 -> 56 pixels) are left alone: with
+MIN_PIXELS = 49 the 160->960 @7 kernel went 0.136 -> 0.123 ms, but the whole int8-w7 model only
+8.47-8.50 -> 8.38-8.43 ms (two A/B pairs), within this machine's noise. Targets: x86 AVX2
 without VNNI (``schedules.common.has_avx2_int8``).
 """
 
