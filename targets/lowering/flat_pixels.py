@@ -34,12 +34,11 @@ without VNNI (``schedules.common.has_avx2_int8``).
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 
-from targets.lowering.integer_ops import _constant, _dtype, _shape
-from targets.lowering.relax_rewrites import function_bindings, with_functions
+from targets.lowering.integer_ops import _shape
+from targets.lowering.relax_rewrites import function_bindings, static_shape, u8_conv_weight, with_functions
 from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH
 from targets.lowering.schedules.conv1x1_int8 import MAX_CHANNELS
 
@@ -58,14 +57,6 @@ _ELEMENTWISE = frozenset(
 )
 
 
-def _static_shape(expr) -> list[int] | None:
-    """The static shape of a tensor expression; None for a symbolic one or a scalar (PrimType)."""
-    try:
-        return _shape(expr)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 def _is_pixel_invariant_constant(expr, bindings) -> bool:
     """A scalar constant (Clip's bounds) or a constant tensor that is the same for every pixel
     (shape [.., 1, 1], a per-channel requantization constant), or a var bound to one: it
@@ -73,23 +64,19 @@ def _is_pixel_invariant_constant(expr, bindings) -> bool:
     value = bindings.get(expr, expr)
     if not isinstance(value, tvm.ir.expr.Constant):
         return False
-    shape = _static_shape(value)
+    shape = static_shape(value)
     return shape is None or len(shape) < 2 or shape[-2:] == [1, 1]
 
 
 def _takes(call: relax.Call, bindings) -> bool:
     """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW expansion conv this rewrite applies to."""
     attrs = call.attrs
-    if (str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
-            or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"):
-        return False
     if any(int(p) for p in attrs.padding) or any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation):
         return False
-    data, weight = call.args
-    w = _constant(bindings.get(weight, weight))
-    shape = _static_shape(data)
-    if _dtype(data) != "uint8" or w is None or w.dtype != np.int8 or shape is None or len(shape) != 4:
+    w = u8_conv_weight(call, bindings)
+    if w is None:
         return False
+    shape = _shape(call.args[0])
     f, c, kh, kw = w.shape
     pixels = shape[2] * shape[3]
     return ((kh, kw) == (1, 1) and f > c and c <= MAX_CHANNELS and c % MADDUBS_DEPTH == 0

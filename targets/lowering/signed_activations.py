@@ -36,8 +36,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from targets.lowering.integer_ops import _constant, _dtype, _shape
-from targets.lowering.relax_rewrites import function_bindings, with_functions
+from targets.lowering.integer_ops import _constant, _dtype
+from targets.lowering.relax_rewrites import function_bindings, u8_conv_weight, with_functions
 from targets.lowering.schedules.common import ARM_SDOT_DEPTH, ARM_SDOT_LANES
 
 __all__ = ["shift_uint8_activations"]
@@ -47,25 +47,10 @@ __all__ = ["shift_uint8_activations"]
 SIGN_BIT = 128
 
 
-def _static_shape(expr: relax.Expr) -> list[int] | None:
-    try:
-        return _shape(expr)
-    except (TypeError, ValueError):  # a symbolic dimension or an unknown rank
-        return None
-
-
 def _conv_weight(call: relax.Call, bindings: dict) -> np.ndarray | None:
     """The int8 OIHW weight of a u8 x i8 -> i32 NCHW conv2d that the sdot rule can take, else None."""
-    attrs = call.attrs
-    if (str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
-            or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"):
-        return None
-    data, weight = call.args
-    w = _constant(bindings.get(weight, weight))
-    shape = _static_shape(data)
-    if _dtype(data) != "uint8" or w is None or w.dtype != np.int8 or w.ndim != 4 or shape is None:
-        return None
-    if shape[1] % ARM_SDOT_DEPTH or w.shape[0] % ARM_SDOT_LANES or w.shape[1] != shape[1]:
+    w = u8_conv_weight(call, bindings)
+    if w is None or w.shape[1] % ARM_SDOT_DEPTH or w.shape[0] % ARM_SDOT_LANES:
         return None
     return w
 
