@@ -26,11 +26,12 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from targets import get_target  # noqa: E402
-from targets.lowering import build, signed_activations  # noqa: E402
+from targets.lowering import signed_activations  # noqa: E402
 from targets.lowering import tvm_target as tvm_targets  # noqa: E402
-from targets.lowering.schedules import apply_default_schedules, common  # noqa: E402
+from targets.lowering.schedules import common  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
-    _emit_requant, _requant_reference, compile_and_run, conv_case, conv_int64, dense_case, host_target,
+    _emit_requant, _requant_reference, build_prepared, compile_and_run, conv_case, conv_int64, dense_case,
+    host_target,
 )
 
 pytestmark = pytest.mark.tvm
@@ -123,10 +124,7 @@ def test_dotprod_detection():
 
 
 def _schedule_for(mod, target):
-    prepared = build.prepare(mod, target)
-    with target:
-        scheduled, report = apply_default_schedules(prepared, target)
-        executable = tvm.compile(scheduled, target=target)
+    executable, report = build_prepared(mod, target)
     return report, executable
 
 

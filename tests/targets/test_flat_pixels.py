@@ -12,7 +12,8 @@ from tvm import relax  # noqa: E402
 
 from targets.lowering import flat_pixels  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
-    _emit_requant, _host_has_avx2, _requant_reference, compile_and_run, conv_case, conv_int64, host_target,
+    _emit_requant, _host_has_avx2, _requant_reference, build_prepared, compile_and_run, conv_case, conv_int64,
+    host_target,
 )
 
 pytestmark = pytest.mark.tvm
@@ -35,20 +36,8 @@ def conv_requant_module(x_shape, w: np.ndarray, seed: int, residual: np.ndarray 
 
 
 def _prepared_and_run(mod, x):
-    """build.prepare (which applies the rewrite on AVX2 hosts) -> schedules -> run."""
-    from targets.lowering import build
-
-    target = host_target()
-    prepared = build.prepare(mod, target)
-    return compile_and_run_prepared(prepared, x, target)
-
-
-def compile_and_run_prepared(prepared, x, target):
-    from targets.lowering.schedules import apply_default_schedules
-
-    with target:
-        scheduled, report = apply_default_schedules(prepared, target)
-        executable = tvm.compile(scheduled, target=target)
+    """build_prepared (which applies the rewrite on AVX2 hosts) on this host, run on ``x``."""
+    executable, report = build_prepared(mod, host_target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy(), report
 

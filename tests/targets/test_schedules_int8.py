@@ -187,6 +187,18 @@ def schedule(mod, target):
         return apply_default_schedules(mod, target)
 
 
+def build_prepared(mod, target):
+    """build.prepare (the whole pre-scheduling pipeline, with the target's Relax rewrites:
+    requant_float, flat_pixels, signed_activations) -> apply_default_schedules -> tvm.compile;
+    returns (executable, report)."""
+    from targets.lowering import build
+
+    prepared = build.prepare(mod, target)
+    with target:
+        scheduled, report = apply_default_schedules(prepared, target)
+        return tvm.compile(scheduled, target=target), report
+
+
 def compile_and_run(mod, x, target=None):
     """:func:`schedule` -> tvm.compile -> run on ``x``; returns (y, report, asm)."""
     target = target or host_target()
