@@ -148,11 +148,12 @@ def profile(name: str, quantize: str | None, batch: int = 1, runs: int = 20) -> 
 
     path = Path(name) if name.endswith(".onnx") else latency.model_for(name, batch)
     feeds = latency._input_feeds(path)
-    calibration = [latency._input_feeds(path, seed=s) for s in range(8)]
+    # the latency suite's calibration inputs, for --quantize (ours and ORT's quantize_static)
+    calibration = [latency._input_feeds(path, seed=s) for s in range(8)] if quantize else None
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         # the model compile lowers: after its passes (BatchNorm folding..., the quantizer)
-        compile_model(path, output=tmp_path / "ours", quantize=quantize, calibration=calibration if quantize else None,
+        compile_model(path, output=tmp_path / "ours", quantize=quantize, calibration=calibration,
                       lower=False, verify=False, measure=False, progress=False)
         ours_model = tmp_path / "ours" / "model.opt.onnx"
         ort_model = path
