@@ -417,6 +417,39 @@ def test_register_tile_respects_budget():
     assert common.register_tile(4, 56, 32) == (2, 14)
 
 
+def test_conv_tile_may_leave_a_partial_last_tile():
+    """AVX2 widths of 7 * 2^k get a 10-12 accumulator tile with a partial last tile (the exact
+    divisors allow only 8); 7 columns, AVX-512 and the pointwise kernels keep the exact tile."""
+    assert choose_tile(64, 56, 8, 16) == (8, 2, 6)  # 9 full tiles + 2 columns
+    assert choose_tile(256, 14, 8, 16) == (8, 2, 5)  # 5 + 5 + 4
+    assert choose_tile(512, 7, 8, 16) == (8, 1, 7)
+    assert choose_tile(64, 56, 16, 32) == (16, 2, 14)
+    v, nb, xt = choose_tile(64, 56, 8, 16, partial=False)
+    assert 56 % xt == 0 and (v, nb * xt) == (8, 8)
+
+
+@pytest.mark.parametrize("o,s", [(14, 1), (13, 2)], ids=["14-cols", "s2-13-cols"])
+def test_conv2d_partial_tile_is_exact(o, s):
+    """A tile whose last one is partial (14 = 5 + 5 + 4; 13 = 6 + 6 + 1) computes exactly the columns it
+    covers, with a residual epilogue in the write-back, on the 16-register budget."""
+    target = host_target("haswell")
+    c = 16
+    hw = o * s
+    assert choose_tile(32, o, 8, 16)[2] not in (1, o) and o % choose_tile(32, o, 8, 16)[2]
+    proto = make_model(
+        f"""
+        agraph (float[1, {c}, {hw}, {hw}] x, float[1, 32, {o}, {o}] r) => (float[1, 32, {o}, {o}] y) {{
+            t = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [{s}, {s}]> (x, w, b)
+            a = Add (t, r)
+            y = Relu (a)
+        }}
+        """,
+        {"w": (32, c, 3, 3), "b": (32,)},
+    )
+    report = check(proto, {"conv2d": "conv2d-direct"}, target)
+    assert len(report.scheduled) == 1, report
+
+
 PIXEL_1X1 = """
 agraph (float[1, {c}, {hw}, {hw}] x, float[1, {f}, {hw}, {hw}] r) => (float[1, {f}, {hw}, {hw}] y) {{
     c1 = Conv <kernel_shape = [1, 1]> (x, w, b)

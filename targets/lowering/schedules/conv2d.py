@@ -20,8 +20,8 @@ vector load or a scalar broadcast for any stride (stride 2 would need gathers if
 width). The network stays NCHW (no layout_transform between layers); only the conv's own input
 copy, which the padding stage writes anyway, is channels-last, so the broadcasts of consecutive
 reduction steps read consecutive floats of one cache line (see channels_last_input). The
-``nb x xt`` accumulator tile is sized to the register file (common.register_tile: 2 x 14 of the
-32 AVX-512 registers, 4 x 2 or 3 x 4 of the 16 AVX2 ones): per reduction step nb weight loads and
+``nb x xt`` accumulator tile is sized to the register file (choose_tile: 2 x 14 of the
+32 AVX-512 registers, 2 x 6, 2 x 5 or 3 x 4 of the 16 AVX2 ones; xt need not divide the width): per reduction step nb weight loads and
 xt broadcasts feed nb*xt FMAs. The weight block of one ``f_outer`` streams from L2 while (oh,
 ow_outer) sweep the image.
 
@@ -51,11 +51,57 @@ def _pad_block(sch: s_tir.Schedule, conv):
     return producers[0] if len(producers) == 1 else None
 
 
-def choose_tile(out_channels: int, out_width: int, lanes: int, registers: int) -> tuple[int, int, int]:
-    """(V, nb, xt): vector width over channels, channel vectors per tile, output columns per tile
-    (exact divisors, no partial tiles; see common.register_tile for the register budget)."""
+# Floor, in cycles, of one reduction step of the channel-vectorized micro-kernel: every accumulator
+# takes one FMA per step, and an FMA waits for the previous one on the same register (4 cycles on
+# Zen 3) plus the step's loads. A tile of 8 accumulators sits on that floor (Zen 3, 64-channel 3x3
+# conv @56: the 4x2 tile 2.99 ms, 2x6 2.77 ms, 2x5 2.82 ms).
+STEP_FLOOR_CYCLES = 5
+
+
+def tile_step_cycles(nb: int, t: int) -> float:
+    """Modelled cycles of one reduction step of an ``nb x t`` tile: ``nb*t`` FMAs on two pipes and
+    ``t`` broadcasts on two load ports, at least STEP_FLOOR_CYCLES."""
+    return max(nb * t / 2, t / 2, STEP_FLOOR_CYCLES)
+
+
+def tile_row_cycles(nb: int, t: int, extent: int) -> float:
+    """Modelled cycles per reduction step to cover ``extent`` output columns with ``nb x t`` tiles:
+    ``extent // t`` full tiles and one partial tile of the remaining columns, if any."""
+    full, rest = divmod(extent, t)
+    return full * tile_step_cycles(nb, t) + (tile_step_cycles(nb, rest) if rest else 0)
+
+
+def choose_tile(out_channels: int, out_width: int, lanes: int, registers: int,
+                partial: bool = True) -> tuple[int, int, int]:
+    """(V, nb, xt): vector width over channels, channel vectors per tile, output columns per tile.
+
+    Starts from the largest tile of exact divisors (common.register_tile: its budget is the
+    register file) and takes a tile that leaves a partial last tile instead when the cycle model
+    (tile_row_cycles per channel vector) says it is cheaper. Widths like 56, 28 and 14 (7 * 2^k)
+    have no divisor that fills 12 of AVX2's 16 registers, so the exact tile has 8 accumulators;
+    2x6 over 56 columns (nine full tiles and one of 2) or 2x5 over 14 fills 12 or 10. The split is
+    then not exact: TVM predicates the last tile's columns, LLVM gives it its own loop. Measured on
+    one Zen 3 core (3x3 convs, exact -> partial, ms): 64ch @56 2.99 -> 2.77, 128ch @28
+    2.71 -> 2.51, 256ch @14 2.90 -> 2.50 (2x5). Partial tiles need two full tiles per row and
+    ``nb >= 2``: on 7 columns 2x5 and 2x6 measured slower than the exact 1x7 (3.20 / 3.56 vs
+    3.04 ms), and one-vector tiles of 10-12 columns ran at half speed. ``partial=False`` keeps the
+    exact tile: the pointwise kernels, whose tile runs over the flattened image, measured slower
+    with a partial one (MobileNetV2's 384->64 @14: 0.163 ms exact 4x2, 0.29 ms partial 2x6;
+    960->160 @7: 0.082 -> 0.139 ms)."""
     v = common.vector_width_for(out_channels, lanes)
-    nb, xt = common.register_tile(out_channels // v, out_width, registers)
+    n_vectors = out_channels // v
+    nb, xt = common.register_tile(n_vectors, out_width, registers)
+    if not partial:
+        return v, nb, xt
+    best_cost = tile_row_cycles(nb, xt, out_width) / nb
+    for cand_nb in (4, 3, 2):
+        if n_vectors % cand_nb:
+            continue
+        limit = min((registers - 1) // cand_nb - 1, common.max_accumulators(registers) // cand_nb, out_width // 2)
+        for t in range(1, limit + 1):
+            cost = tile_row_cycles(cand_nb, t, out_width) / cand_nb
+            if cost < best_cost - 1e-9:
+                best_cost, nb, xt = cost, cand_nb, t
     return v, nb, xt
 
 
@@ -189,7 +235,7 @@ class Conv2dDirect(common.ScheduleRule):
         # A pointwise conv's pixels form one axis (y*OW + x): its tile of xt pixels may span rows,
         # which allows the 3x4 tile on 14x14 images (196 = 4 x 49) where rows of 14 allow only 4x2
         # (Zen 3, MobileNetV2's 14x14 1x1 convs: 8-17% faster).
-        v, nb, xt = choose_tile(F, OH * OW if pointwise else OW, lanes, registers)
+        v, nb, xt = choose_tile(F, OH * OW if pointwise else OW, lanes, registers, partial=not pointwise)
         tile_f = nb * v
         epilogue = common.fuse_epilogue(sch, conv)
 
