@@ -4,6 +4,9 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
 
     DecomposeOpsForInference   batch_norm/layer_norm/gelu... -> primitive ops (inference semantics)
     CanonicalizeBindings       drop trivial rebinds left by the importer, so fusion sees clean chains
+    strided_pointwise          (x86) 1x1 convs with stride > 1 as a subsampling slice + a stride-1
+                               conv (strided_pointwise.py: the pointwise kernels read NCHW, the
+                               strided conv's rules copied the whole input)
     requant_float              (x86) the int64 requantizer chains of the integer-only form as the
                                exact float64 computation (requant_float.py: no 64-bit vector
                                multiply on x86 before AVX-512DQ)
@@ -31,7 +34,8 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from targets.lowering import batch_split, flat_pixels, int4, requant_float, schedules, signed_activations
+from targets.lowering import (batch_split, flat_pixels, int4, requant_float, schedules, signed_activations,
+                              strided_pointwise)
 from targets.lowering.errors import lowering_step
 
 
@@ -55,6 +59,8 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
             mod = relax.transform.DecomposeOpsForInference()(mod)
             mod = relax.transform.CanonicalizeBindings()(mod)
         if schedules.common.is_x86_cpu(tvm_target):
+            with lowering_step("strided 1x1 convs on a subsampled input (strided_pointwise)"):
+                mod, _ = strided_pointwise.subsample_strided_pointwise(mod)
             with lowering_step("float64 requantization (requant_float)"):
                 mod, _, _ = requant_float.rewrite_requant_chains(mod)
         if schedules.common.has_avx2_int8(tvm_target):
