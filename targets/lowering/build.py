@@ -10,7 +10,7 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
     requant_float              (x86) the int64 requantizer chains of the integer-only form as the
                                exact float64 computation (requant_float.py: no 64-bit vector
                                multiply on x86 before AVX-512DQ)
-    flat_pixels                (x86 AVX2) 8-bit 1x1 expansions on 14x14-like images as convs over a
+    flat_pixels                (x86 AVX2, AVX-512 VNNI) 8-bit 1x1 expansions on 14x14-like images as convs over a
                                flat pixel row padded to whole 8-pixel vectors (pixel-vectorized rule)
     signed_activations         (AArch64 with sdot) uint8 x int8 convs/matmuls as int8 x int8 with
                                a constant correction, exact (sdot multiplies int8 by int8 only)
@@ -63,9 +63,11 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
                 mod, _ = strided_pointwise.subsample_strided_pointwise(mod)
             with lowering_step("float64 requantization (requant_float)"):
                 mod, _, _ = requant_float.rewrite_requant_chains(mod)
-        if schedules.common.has_avx2_int8(tvm_target):
+        pixel_lanes = (schedules.common.AVX2_LANES if schedules.common.has_avx2_int8(tvm_target)
+                       else schedules.common.VNNI_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
+        if pixel_lanes:
             with lowering_step("1x1 expansions on a flat pixel row (flat_pixels)"):
-                mod, _ = flat_pixels.flatten_small_image_expansions(mod)
+                mod, _ = flat_pixels.flatten_small_image_expansions(mod, pixel_lanes)
         if schedules.common.has_arm_dotprod(tvm_target):
             with lowering_step("int8 activations for sdot (signed_activations)"):
                 mod, _ = signed_activations.shift_uint8_activations(mod)

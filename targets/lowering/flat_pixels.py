@@ -1,11 +1,12 @@
-"""8-bit 1x1 expansion convs on small images as convs over a flat, padded row of pixels (x86 AVX2).
+"""8-bit 1x1 expansion convs on small images as convs over a flat, padded row of pixels (x86 AVX2
+and AVX-512 VNNI).
 
 The pixel-vectorized int8 rules (schedules/conv1x1_int8.py) take a 1x1 stride-1 conv over its
-flattened image in vectors of 8 pixels, and need H*W % 8 == 0. MobileNetV2's 14x14 expansions
+flattened image in vectors of 8 pixels (16 with VNNI), and need H*W % 8 == 0 (% 16). MobileNetV2's 14x14 expansions
 (196 pixels) miss that and go to the channel-vectorized rules, whose per-output write-back (a
 channel-to-pixel transpose and one byte store per output) then costs as much as the dot products.
 This rewrite, on the Relax module before fusion, runs such a conv on a 1 x P' image instead,
-P' = H*W rounded up to a multiple of 8::
+P' = H*W rounded up to a multiple of the vector (8 or 16)::
 
     x [N, C, H, W]  -> reshape [N, C, 1, H*W] -> pad with 0 to [N, C, 1, P']
     y = conv1x1(x', w) followed by its elementwise epilogue (bias, zero-point correction, the
@@ -29,7 +30,9 @@ whose short reduction makes the write-back dominate) with C <= conv1x1_int8.MAX_
 multiple of 4, and at least 64 pixels (at most 12% padding). 7x7 images (49 -> 56 pixels) are left alone: with
 MIN_PIXELS = 49 the 160->960 @7 kernel went 0.136 -> 0.123 ms, but the whole int8-w7 model only
 8.47-8.50 -> 8.38-8.43 ms (two A/B pairs), within this machine's noise. Targets: x86 AVX2
-without VNNI (``schedules.common.has_avx2_int8``).
+without VNNI (``schedules.common.has_avx2_int8``, 8-pixel vectors) and AVX-512 VNNI (16-pixel
+vectors of ``conv1x1_int8.Conv1x1Int8PixelsVNNI``: 196 -> 208 pixels; measured on one Sapphire
+Rapids-class core, 64->384 @14 0.056 -> 0.037 ms, 96->576 @14 0.092-0.100 -> 0.065-0.067 ms).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _is_pixel_invariant_constant(expr, bindings) -> bool:
     return shape is None or len(shape) < 2 or shape[-2:] == [1, 1]
 
 
-def _takes(call: relax.Call, bindings) -> bool:
+def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW expansion conv this rewrite applies to."""
     attrs = call.attrs
     if any(int(p) for p in attrs.padding) or any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation):
@@ -80,10 +83,10 @@ def _takes(call: relax.Call, bindings) -> bool:
     f, c, kh, kw = w.shape
     pixels = shape[2] * shape[3]
     return ((kh, kw) == (1, 1) and f > c and c <= MAX_CHANNELS and c % MADDUBS_DEPTH == 0
-            and pixels % AVX2_LANES != 0 and pixels >= MIN_PIXELS)
+            and pixels % lanes != 0 and pixels >= MIN_PIXELS)
 
 
-def _epilogue_chains(func: relax.Function, bindings: dict) -> dict:
+def _epilogue_chains(func: relax.Function, bindings: dict, lanes: int) -> dict:
     """conv var -> [chain vars in order]: each qualifying conv and the elementwise ops after it
     whose other operands are constants, each the single use of the previous value."""
     uses: dict = {}
@@ -101,7 +104,7 @@ def _epilogue_chains(func: relax.Function, bindings: dict) -> dict:
     chains = {}
     for var, value in bindings.items():
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                and value.op.name == "relax.nn.conv2d" and _takes(value, bindings)):
+                and value.op.name == "relax.nn.conv2d" and _takes(value, bindings, lanes)):
             continue
         chain = [var]
         while uses.get(chain[-1]) == 1 and consumers.get(chain[-1]) is not None:
@@ -122,8 +125,9 @@ def _free_vars(expr) -> list:
 
 @relax.expr_functor.mutator
 class _FlattenRewriter(relax.PyExprMutator):
-    def __init__(self, mod, chains: dict):
+    def __init__(self, mod, chains: dict, lanes: int):
         super().__init__(mod)
+        self.lanes = lanes
         self.start = chains
         self.member = {var: start for start, chain in chains.items() for var in chain}
         self.end = {chain[-1]: start for start, chain in chains.items()}
@@ -140,7 +144,7 @@ class _FlattenRewriter(relax.PyExprMutator):
             data = self.visit_expr(call.args[0])
             n, c, h, w = _shape(call.args[0])
             pixels = h * w
-            padded_pixels = -(-pixels // AVX2_LANES) * AVX2_LANES
+            padded_pixels = -(-pixels // self.lanes) * self.lanes
             row = emit(relax.op.reshape(data, [n, c, 1, pixels]))
             row = emit(relax.op.nn.pad(row, [0, 0, 0, 0, 0, 0, 0, padded_pixels - pixels], pad_value=0.0))
             value = emit(relax.Call(call.op, [row, self.visit_expr(call.args[1])], call.attrs, call.ty_args))
@@ -155,18 +159,19 @@ class _FlattenRewriter(relax.PyExprMutator):
             self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(relax.op.reshape(cropped, [n, f, h, w]))))
 
 
-def flatten_small_image_expansions(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
-    """Rewrite every qualifying 8-bit 1x1 expansion conv of ``mod`` (module docstring). Returns
+def flatten_small_image_expansions(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
+    """Rewrite every qualifying 8-bit 1x1 expansion conv of ``mod`` (module docstring) onto a row
+    of a multiple of ``lanes`` pixels (the pixel rule's vector: 8 on AVX2, 16 with VNNI). Returns
     (module, convs rewritten); ``mod`` itself is not modified."""
     rewritten = 0
     updates = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
-        chains = _epilogue_chains(func, function_bindings(func))
+        chains = _epilogue_chains(func, function_bindings(func), lanes)
         if not chains:
             continue
-        rewriter = _FlattenRewriter(mod, chains)
+        rewriter = _FlattenRewriter(mod, chains, lanes)
         updates[gvar] = rewriter.visit_expr(func)
         rewritten += rewriter.rewritten
     return with_functions(mod, updates), rewritten

@@ -12,7 +12,7 @@ from tvm import relax  # noqa: E402
 
 from targets.lowering import flat_pixels  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
-    _emit_requant, _host_has_avx2, _requant_reference, build_prepared, compile_and_run, conv_case, conv_int64,
+    HOST_PIXEL_RULE_W7, _emit_requant, _host_has_avx2, _requant_reference, build_prepared, compile_and_run, conv_case, conv_int64,
     host_target,
 )
 
@@ -59,7 +59,7 @@ def test_rewritten_expansion_takes_the_pixel_rule():
     y, report = _prepared_and_run(mod, x)
     assert np.array_equal(y, ref)
     conv_rules = [rule for name, rule in report.scheduled.items() if "conv2d" in name]
-    assert conv_rules == ["conv1x1-int8-avx2-maddubs"], report.scheduled
+    assert conv_rules == [HOST_PIXEL_RULE_W7], report.scheduled
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,19 @@ def test_rewrite_leaves_other_convs_alone(c, h, f, k, stride, pad):
     mod, _, _ = conv_case(c, h, f, k, stride, pad, True)
     rewritten, count = flat_pixels.flatten_small_image_expansions(mod)
     assert count == 0 and rewritten is mod
+
+
+def test_vnni_lanes_pad_to_whole_16_pixel_vectors():
+    """With VNNI's 16-pixel vectors (build.prepare on VNNI targets) 196 pixels pad to 208, and a
+    64-pixel image (whole 16-pixel vectors) is left alone, a 100-pixel one is padded; the padded
+    module stays exact."""
+    mod, x, ref = conv_case(64, 14, 192, 1, 1, 0, True)
+    rewritten, count = flat_pixels.flatten_small_image_expansions(mod, lanes=16)
+    assert count == 1 and "208" in rewritten.script()
+    y, _, _ = compile_and_run(rewritten, x, host_target())
+    assert np.array_equal(y, ref)
+    assert flat_pixels.flatten_small_image_expansions(conv_case(64, 8, 192, 1, 1, 0, True)[0], lanes=16)[1] == 0
+    assert flat_pixels.flatten_small_image_expansions(conv_case(64, 10, 192, 1, 1, 0, True)[0], lanes=16)[1] == 1
 
 
 def test_epilogue_chain_stops_at_a_residual_add():

@@ -1,4 +1,5 @@
-"""The pixel-vectorized int8 1x1 conv rule (conv1x1_int8.Conv1x1Int8PixelsAVX2) on AVX2 without VNNI.
+"""The pixel-vectorized int8 1x1 conv rules (conv1x1_int8): Conv1x1Int8PixelsAVX2 on AVX2 without VNNI,
+Conv1x1Int8PixelsVNNI on AVX-512 VNNI (its numeric cases need a VNNI host).
 
 Numeric cases compile for this host's CPU when it is an AVX2 CPU without VNNI, else for ``haswell``,
 and compare bit for bit with a numpy int64 reference (or ONNX Runtime's exact u8 x u8
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.tvm
 from targets.lowering.schedules import conv1x1_int8, conv2d_int8  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
     HOST_VNNI,
+    needs_vnni,
     _host_has_avx2,
     bare_conv_module,
     compile_and_run,
@@ -116,8 +118,55 @@ def test_pixel_rule_declines(c, h, f, k, stride, pad):
     assert _first_claim(conv_case(c, h, f, k, stride, pad, False)[0], host_target("znver3")) == conv2d_int8.Conv2dInt8AVX2.name
 
 
-def test_pixel_rule_not_on_vnni_targets():
-    assert _first_claim(conv_case(16, 16, 32, 1, 1, 0, False)[0], host_target("znver4")) == conv2d_int8.Conv2dInt8VNNI.name
+VNNI_PIXELS = conv1x1_int8.Conv1x1Int8PixelsVNNI.name
+
+
+@pytest.mark.parametrize(
+    "c,h,f,expected",
+    [(16, 16, 32, VNNI_PIXELS), (24, 8, 24, VNNI_PIXELS), (144, 8, 24, VNNI_PIXELS),
+     (64, 8, 32, conv2d_int8.Conv2dInt8VNNI.name), (16, 14, 96, conv2d_int8.Conv2dInt8VNNI.name),
+     (16, 16, 32, None)],
+    ids=["expansion", "f24", "projection-f24", "projection-f32", "196px", "avx2-target"],
+)
+def test_vnni_pixel_rule_claims(c, h, f, expected):
+    """On VNNI targets the pixel rule takes expansions (C < 2F) and F % 16 != 0 when H*W % 16 == 0;
+    projections with F % 16 == 0 and 14x14 images stay with the channel-vectorized rule; the VNNI
+    pixel rule never claims on an AVX2 target."""
+    mcpu = "haswell" if expected is None else "znver4"
+    claimed = _first_claim(conv_case(c, h, f, 1, 1, 0, False)[0], host_target(mcpu))
+    if expected is None:
+        assert claimed == PIXELS
+    else:
+        assert claimed == expected
+
+
+@needs_vnni
+@pytest.mark.parametrize(
+    "c,h,f,requant",
+    [(16, 16, 96, True), (24, 8, 48, False), (144, 8, 24, True), (64, 32, 24, True)],
+    ids=["16to96-requant", "24to48", "144to24-requant", "64to24-chunked"],
+)
+def test_vnni_pixel_rule_bit_exact(c, h, f, requant):
+    mod, x, ref = conv_case(c, h, f, 1, 1, 0, requant, seed=12)
+    y, report, asm = compile_and_run(mod, x, target=host_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == VNNI_PIXELS
+    assert "vpdpbusd" in asm and "zmm" in asm
+
+
+@needs_vnni
+def test_vnni_pixel_rule_extreme_values_and_batch_exact():
+    """Batch 2, all-255 activations times +-127 weights (every product at its extreme)."""
+    rng = np.random.default_rng(5)
+    x = np.full((2, 32, 8, 8), 255, np.uint8)
+    x[1] = rng.integers(0, 256, size=(32, 8, 8))
+    w = np.where(rng.integers(0, 2, size=(80, 32, 1, 1)) == 1, 127, -128).astype(np.int8)
+    w[:16] = -128
+    y, report, _ = compile_and_run(bare_conv_module(x.shape, w), x, target=host_target())
+    expect = conv_int64(x, w)
+    assert expect.min() == -32 * 255 * 128
+    assert np.array_equal(y, expect.astype(np.int32))
+    assert only_rule(report) == VNNI_PIXELS
 
 
 def test_pixel_tile_choice():

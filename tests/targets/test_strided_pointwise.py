@@ -12,7 +12,7 @@ from tvm import relax  # noqa: E402
 
 from targets.lowering import strided_pointwise  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
-    _host_has_avx2, build_prepared, compile_and_run, conv_case, host_target,
+    HOST_PIXEL_RULE_W7, _host_has_avx2, build_prepared, compile_and_run, conv_case, host_target,
 )
 
 pytestmark = pytest.mark.tvm
@@ -39,7 +39,7 @@ def test_rewritten_int8_downsample_takes_the_pixel_rule():
     y = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(y, ref)
     conv_rules = [rule for name, rule in report.scheduled.items() if "conv2d" in name]
-    assert conv_rules == ["conv1x1-int8-avx2-maddubs"], report.scheduled
+    assert conv_rules == [HOST_PIXEL_RULE_W7], report.scheduled
 
 
 def test_float_strided_1x1_matches_the_strided_conv():

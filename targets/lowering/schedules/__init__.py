@@ -4,6 +4,9 @@
 (``relax.get_pipeline("zero")``) and gives every fused PrimFunc a schedule from one of the rules
 below, tried in order like TVM's dlight rules (the first rule that returns a schedule wins):
 
+    conv1x1_int8.Conv1x1Int8PixelsVNNI
+                                 1x1 stride-1 conv uint8 x int8 -> int32 on AVX-512 VNNI with
+                                 C < 2F or F % 16 != 0, vectorized along pixels (vpdpbusd)
     conv2d_int8.Conv2dInt8VNNI   conv2d_nchw uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     matmul_int8.MatmulInt8VNNI   matmul / dense uint8 x int8 -> int32 on AVX-512 VNNI (vpdpbusd)
     conv2d_int8.Conv2dInt8AVX2Maddubs
@@ -62,7 +65,8 @@ class ScheduleReport:
 
 def default_rules() -> list[ScheduleRule]:
     """The CPU rules in the order they are tried."""
-    from targets.lowering.schedules.conv1x1_int8 import Conv1x1Int8PixelsAVX2, Conv1x1Int8PixelsAVX2Maddubs
+    from targets.lowering.schedules.conv1x1_int8 import (
+        Conv1x1Int8PixelsAVX2, Conv1x1Int8PixelsAVX2Maddubs, Conv1x1Int8PixelsVNNI)
     from targets.lowering.schedules.conv2d import Conv2dDirect
     from targets.lowering.schedules.conv2d_int8 import (
         Conv2dInt8ArmDot, Conv2dInt8AVX2, Conv2dInt8AVX2Maddubs, Conv2dInt8VNNI)
@@ -83,7 +87,7 @@ def default_rules() -> list[ScheduleRule]:
     # unchanged. MaxPoolInt8 claims only 8-bit pools, ahead of the
     # generic MaxPool, which takes the float ones, ahead of RowReduction.
     return [
-        Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2Maddubs(),
+        Conv1x1Int8PixelsVNNI(), Conv2dInt8VNNI(), MatmulInt8VNNI(), Conv2dInt8AVX2Maddubs(), Conv1x1Int8PixelsAVX2Maddubs(),
         Conv1x1Int8PixelsAVX2(), Conv2dInt8AVX2(), MatmulInt8AVX2Maddubs(), MatmulInt8AVX2(),
         Conv2dInt8ArmDot(), MatmulInt8ArmDot(), DepthwiseInt8(), Conv2dDirect(), GroupConv2d(), Matmul(),
         MaxPoolInt8(), MaxPool(), RowReduction(), Injective(),

@@ -387,24 +387,25 @@ def _dot_desc(lanes: int, depth: int, widened: bool = False, data_dtype: str = "
     return desc
 
 
-def _pixel_desc(depth: int, widened_weight: bool = False):
-    """The description of the pixel-vectorized ones (conv1x1_int8.py): C[8] += sum_k A[8, k]
-    (uint8) * B[k] (int8), k < depth -- 8 pixels against one output channel's weights.
-    ``widened_weight``: B is stored as int16 (common.AVX2_PIXEL_DOT_INTRIN)."""
+def _pixel_desc(depth: int, widened_weight: bool = False, lanes: int = 8):
+    """The description of the pixel-vectorized ones (conv1x1_int8.py): C[lanes] += sum_k
+    A[lanes, k] (uint8) * B[k] (int8), k < depth -- ``lanes`` pixels (8 on AVX2, 16 with VNNI)
+    against one output channel's weights. ``widened_weight``: B is stored as int16
+    (common.AVX2_PIXEL_DOT_INTRIN)."""
     from tvm.script import tirx as T
 
     b_dtype, b_stored = ("int16", "int8") if widened_weight else ("int8", None)
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((AVX2_LANES, depth), "uint8", offset_factor=1),
+        A: T.Buffer((lanes, depth), "uint8", offset_factor=1),
         B: T.Buffer((depth,), b_dtype, offset_factor=1),
-        C: T.Buffer((AVX2_LANES,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:AVX2_LANES], A[0:AVX2_LANES, 0:depth], B[0:depth])
-            T.writes(C[0:AVX2_LANES])
-            for i in T.serial(0, AVX2_LANES):
+            T.reads(C[0:lanes], A[0:lanes, 0:depth], B[0:depth])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, depth):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
@@ -468,6 +469,46 @@ def register_vnni_intrinsic() -> str:
     """Register :data:`VNNI_DOT_INTRIN` once per process (lazily: only when a rule is about to
     tensorize for a VNNI target) and return its name."""
     return _register_once(VNNI_DOT_INTRIN, _vnni_impl, VNNI_LANES, VNNI_DEPTH)
+
+
+# Pixel-vectorized variant (conv1x1_int8.Conv1x1Int8PixelsVNNI): C[16] += sum_k A[16, k] (uint8) *
+# B[k] (int8), k < 4 -- 16 pixels x 4 input channels (the 64 bytes of one zmm) against one output
+# channel's 4 weights broadcast as a 32-bit word; one ``vpdpbusd``, exact for any int8 weights.
+VNNI_PIXEL_DOT_INTRIN = "edgekiln_dot_16px4_u8i8i32_vnni"
+
+
+def _vnni_pixel_impl():
+    from tvm.script import tirx as T
+
+    byte_operands = codegen.llvm_version_major() >= 22  # see _vnni_impl
+    a_type, b_type = ("uint8x64", "int8x64") if byte_operands else ("int32x16", "int32x16")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((16, 4), "uint8", offset_factor=1),
+        B: T.Buffer((4,), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
+            T.writes(C[0:16])
+            # the output channel's 4 weight bytes as one int32, broadcast to all 16 lanes
+            w4 = T.broadcast(T.reinterpret(B.vload([0], "int8x4"), dtype="int32"), 16)
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(A.vload([0, 0], dtype="uint8x64"), dtype=a_type),
+                T.reinterpret(w4, dtype=b_type),
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def register_vnni_pixel_intrinsic() -> str:
+    """Register :data:`VNNI_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
+    return _register_once(VNNI_PIXEL_DOT_INTRIN, _vnni_pixel_impl,
+                          make_desc=lambda: _pixel_desc(VNNI_DEPTH, lanes=VNNI_LANES))
 
 
 # --- int8 dot products on AVX2 (vpmaddwd; vpmaddubsw for small weights), the *AVX2 rules ---------

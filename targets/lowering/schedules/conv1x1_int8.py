@@ -1,4 +1,5 @@
-"""1x1 stride-1 NCHW conv2d uint8 x int8 -> int32 on AVX2 without VNNI, vectorized along pixels.
+"""1x1 stride-1 NCHW conv2d uint8 x int8 -> int32 vectorized along pixels (AVX2 without VNNI, and
+AVX-512 VNNI: ``Conv1x1Int8PixelsVNNI`` at the end of this docstring).
 
 A 1x1 conv is the GEMM ``out[f, p] = sum_c W[f, c] * X[c, p]`` over the flattened image
 (p = y * W + x). ``Conv2dInt8AVX2`` vectorizes it over output channels (8 channels x up to 8
@@ -34,6 +35,14 @@ bytes of one ``vpmaddubsw``), the weight pack [F/t, C/4, t, 4] int8 (one output 
 broadcast as a 32-bit word), and ``vpmaddwd`` by ones widens the int16 pair sums, which cannot
 saturate under that bound (common.AVX2_PIXEL_MADDUBS_INTRIN). Measured on Zen 3 against the
 ``vpmaddwd`` form, ms: 16->96 @112 1.19 -> 1.08, 24->144 @56 0.50 -> 0.46, 64->64 @56 0.43 -> 0.38.
+
+``Conv1x1Int8PixelsVNNI`` is the nest on AVX-512 VNNI: 16 pixels x 4 input channels (one zmm of
+the [N, C/4, H*W, 4] uint8 pack) against one output channel's 4 int8 weights broadcast as a 32-bit
+word, one ``vpdpbusd`` (common.VNNI_PIXEL_DOT_INTRIN), exact for any int8 weights; H*W % 16 == 0
+(build.prepare pads MobileNetV2's 14x14 expansions to 208 pixels, targets/lowering/flat_pixels.py).
+It precedes ``Conv2dInt8VNNI`` and takes expansions (C < 2F) and F % 16 != 0 (see its
+``_claims`` for the per-layer measurements): MobileNetV2 int8, one Sapphire Rapids-class core,
+whole model 6.36 -> 5.11 ms (ONNX Runtime int8 3.30 ms in the same run).
 """
 
 from __future__ import annotations
@@ -68,11 +77,11 @@ def choose_tile(pixel_vectors: int, out_channels: int, max_accumulators: int = 8
     return (best[1], best[2]) if best is not None else (1, 1)
 
 
-def takes(sch, conv, reads, dims) -> bool:
+def takes(sch, conv, reads, dims, lanes: int = LANES, depth: int = DEPTH) -> bool:
     """True if this rule claims the matched int8 conv (``match_int8_conv``'s result): 1x1, stride
-    1, no padding, C % 2 == 0, C <= MAX_CHANNELS and H*W % 8 == 0."""
+    1, no padding, C % depth == 0, C <= MAX_CHANNELS and H*W % lanes == 0 (2 and 8 on AVX2)."""
     N, F, OH, OW, C, KH, KW = dims
-    if (KH, KW) != (1, 1) or C % DEPTH or C > MAX_CHANNELS or (OH * OW) % LANES:
+    if (KH, KW) != (1, 1) or C % depth or C > MAX_CHANNELS or (OH * OW) % lanes:
         return False
     # A 1x1 kernel whose (padded) input image is as large as the output: stride 1 and no padding
     # (any stride > 1 or pad would make the image and the output differ).
@@ -87,7 +96,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
     def _match_and_schedule(self, func, target):
         matched = match_int8_conv(func)
-        if matched is None or not takes(*matched) or not self._claims(func, *matched):
+        if matched is None or not takes(*matched, self.lanes, self.depth) or not self._claims(func, *matched):
             return None
         sch, conv, reads, dims = matched
         return self._schedule(sch, func, conv, reads, dims)
@@ -105,12 +114,12 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
     def _schedule(self, sch, func, conv, reads, dims):
         intrin = self.register_pixel_intrinsic()
-        depth = self.depth
+        depth, lanes = self.depth, self.lanes
         data_idx, weight_idx = reads
         N, F, OH, OW, C, _, _ = dims
         P = OH * OW
-        nb, t = choose_tile(P // LANES, F, self.max_accumulators)
-        chunk = pixel_chunk_vectors(P // (nb * LANES), nb * LANES * C)
+        nb, t = choose_tile(P // lanes, F, self.max_accumulators)
+        chunk = pixel_chunk_vectors(P // (nb * lanes), nb * lanes * C)
 
         # The data operand's producers in the function are inlined into the pack.
         data_producers = common.operand_producers(sch, conv, data_idx)
@@ -136,7 +145,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         sch.transform_block_layout(acc, lambda a, b, c, d: (a, b, c * OW + d))
         n, f, p, rc, ry, rx = sch.get_loops(conv)
         fo, fi = sch.split(f, [None, t])
-        pc, po, pb, pv = sch.split(p, [None, chunk, nb, LANES])
+        pc, po, pb, pv = sch.split(p, [None, chunk, nb, lanes])
         rco, rci = sch.split(rc, [None, depth])
         sch.reorder(n, pc, fo, po, ry, rx, rco, fi, pb, pv, rci)
         per_image = N > 1  # batch > 1: image by image (common.compute_per_image)
@@ -146,7 +155,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
         sch.parallel(dl[1] if per_image else sch.fuse(dl[0], dl[1]))
         common.unroll_and_vectorize_tile(sch, conv, [fi, pb], pv, ry, intrin)
         wb = sch.get_loops(acc)
-        _, wv = sch.split(wb[-1], [None, LANES])
+        _, wv = sch.split(wb[-1], [None, lanes])
         sch.vectorize(wv)
         return sch
 
@@ -167,3 +176,31 @@ class Conv1x1Int8PixelsAVX2Maddubs(Conv1x1Int8PixelsAVX2):
 
     def _claims(self, func, sch, conv, reads, dims) -> bool:
         return dims[4] % self.depth == 0 and common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source)
+
+
+class Conv1x1Int8PixelsVNNI(Conv1x1Int8PixelsAVX2):
+    """The pixel-vectorized 1x1 conv on AVX-512 VNNI: 16 pixels x 4 input channels of data (one
+    zmm) against one output channel's 4 int8 weights broadcast as a 32-bit word, one ``vpdpbusd``
+    (common.VNNI_PIXEL_DOT_INTRIN), exact for any int8 weights. Data pack [N, C/4, H*W, 4] uint8,
+    weight pack [F/t, C/4, t, 4] int8. Needs C % 4 == 0 and H*W % 16 == 0."""
+
+    name = "conv1x1-int8-vnni"
+    lanes, depth, widen_weights = common.VNNI_LANES, common.VNNI_DEPTH, False
+    max_accumulators = common.VNNIDot.max_accumulators
+
+    def accepts(self, target) -> bool:
+        return common.has_avx512_vnni(target)
+
+    def register_pixel_intrinsic(self) -> str:
+        return common.register_vnni_pixel_intrinsic()
+
+    def _claims(self, func, sch, conv, reads, dims) -> bool:
+        # Expansions (C < 2F), whose short reduction makes the channel-vectorized rule's
+        # transposing write-back dominate, and F % 16 != 0, which that rule cannot take (the
+        # alternative is the fp32-style Conv2dDirect). Measured on one Sapphire Rapids-class core,
+        # ms, this rule vs Conv2dInt8VNNI / Conv2dDirect: 16->96 @112 0.36 / 0.67, 24->144 @56
+        # 0.15 / 0.30, 32->192 @28 0.054 / 0.111, 64->64 @56 0.139 / 0.146, 144->24 @56 0.178 /
+        # 0.191 (direct), 96->24 @56 0.135 / 0.133 (direct); the projections with C >= 2F and
+        # F % 16 == 0 stay with Conv2dInt8VNNI (32->16 @112 0.193 / 0.144, 192->32 @28 0.052 / 0.036).
+        N, F, OH, OW, C, KH, KW = dims
+        return C < 2 * F or F % common.VNNI_LANES != 0
