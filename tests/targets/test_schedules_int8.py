@@ -507,6 +507,26 @@ def test_maxpool_int8_bit_exact(dtype, c, h, k, stride, pad):
     assert set(report.scheduled.values()) == {pool_int8.MaxPoolInt8.name}
 
 
+@pytest.mark.parametrize("k,stride,pad,shuffled", [(3, 2, 1, True), (2, 2, 0, True), (3, 1, 1, False)],
+                         ids=["3s2p1", "2s2", "3s1"])
+def test_maxpool_strided_windows_use_the_shuffle_intrinsic(k, stride, pad, shuffled):
+    """On x86, stride >= 2 windows take pool_int8.strided_max_intrinsic (a contiguous load and a
+    shuffle per tap, in the scheduled TIR); stride 1 keeps LLVM's own vectorization."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, 8, 16, 16), "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.max_pool2d(xv, pool_size=k, strides=stride, padding=pad)))
+        bb.emit_func_output(gv)
+    target = host_target()
+    with target:
+        mod = relax.get_pipeline("zero")(bb.get())
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = pool_int8.MaxPoolInt8().apply(func, target)
+    assert sch is not None
+    assert ("T.Shuffle" in sch.mod.script()) == shuffled
+
+
 def test_maxpool_rule_leaves_float_pools_alone():
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))

@@ -417,7 +417,7 @@ def _pixel_desc(depth: int, widened_weight: bool = False, lanes: int = 8):
 _registered: set[str] = set()
 
 
-def _register_once(name: str, make_impl, lanes: int = 0, depth: int = 0, make_desc=None) -> str:
+def register_once(name: str, make_impl, lanes: int = 0, depth: int = 0, make_desc=None) -> str:
     """Register intrinsic ``name`` (description ``make_desc()``, by default :func:`_dot_desc` of
     ``lanes`` x ``depth``; implementation ``make_impl()``) once per process, lazily; return its name.
 
@@ -468,7 +468,7 @@ def _vnni_impl():
 def register_vnni_intrinsic() -> str:
     """Register :data:`VNNI_DOT_INTRIN` once per process (lazily: only when a rule is about to
     tensorize for a VNNI target) and return its name."""
-    return _register_once(VNNI_DOT_INTRIN, _vnni_impl, VNNI_LANES, VNNI_DEPTH)
+    return register_once(VNNI_DOT_INTRIN, _vnni_impl, VNNI_LANES, VNNI_DEPTH)
 
 
 # Pixel-vectorized variant (conv1x1_int8.Conv1x1Int8PixelsVNNI): C[16] += sum_k A[16, k] (uint8) *
@@ -507,7 +507,7 @@ def _vnni_pixel_impl():
 
 def register_vnni_pixel_intrinsic() -> str:
     """Register :data:`VNNI_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(VNNI_PIXEL_DOT_INTRIN, _vnni_pixel_impl,
+    return register_once(VNNI_PIXEL_DOT_INTRIN, _vnni_pixel_impl,
                           make_desc=lambda: _pixel_desc(VNNI_DEPTH, lanes=VNNI_LANES))
 
 
@@ -555,7 +555,7 @@ def _avx2_impl():
 
 def register_avx2_intrinsic() -> str:
     """Register :data:`AVX2_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_DOT_INTRIN, _avx2_impl, AVX2_LANES, AVX2_DEPTH)
+    return register_once(AVX2_DOT_INTRIN, _avx2_impl, AVX2_LANES, AVX2_DEPTH)
 
 
 # Pixel-vectorized variant for 1x1 convs (conv1x1_int8.py): C[8] += sum_k A[8, k] (uint8) *
@@ -591,7 +591,7 @@ def _pixel_dot_impl():
 
 def register_avx2_pixel_intrinsic() -> str:
     """Register :data:`AVX2_PIXEL_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_PIXEL_DOT_INTRIN, _pixel_dot_impl, make_desc=lambda: _pixel_desc(AVX2_DEPTH, widened_weight=True))
+    return register_once(AVX2_PIXEL_DOT_INTRIN, _pixel_dot_impl, make_desc=lambda: _pixel_desc(AVX2_DEPTH, widened_weight=True))
 
 
 # Both operands pre-widened to int16 (conv2d_int8.Conv2dInt8AVX2): C[8] += sum_k A[k] * B[8, k],
@@ -629,7 +629,7 @@ def _wide_dot_impl():
 
 def register_avx2_wide_intrinsic() -> str:
     """Register :data:`AVX2_WIDE_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_WIDE_DOT_INTRIN, _wide_dot_impl, make_desc=lambda: _dot_desc(AVX2_LANES, AVX2_DEPTH, widened=True))
+    return register_once(AVX2_WIDE_DOT_INTRIN, _wide_dot_impl, make_desc=lambda: _dot_desc(AVX2_LANES, AVX2_DEPTH, widened=True))
 
 
 # 8x4 u8 x s8 -> s32 with ``vpmaddubsw`` for weights proven small (conv2d_int8.Conv2dInt8AVX2Maddubs):
@@ -683,7 +683,7 @@ def _maddubs_impl():
 
 def register_avx2_maddubs_intrinsic() -> str:
     """Register :data:`AVX2_MADDUBS_DOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_MADDUBS_DOT_INTRIN, _maddubs_impl, AVX2_LANES, MADDUBS_DEPTH)
+    return register_once(AVX2_MADDUBS_DOT_INTRIN, _maddubs_impl, AVX2_LANES, MADDUBS_DEPTH)
 
 
 # Pixel-vectorized variant (conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs): C[8] += sum_k A[8, k]
@@ -713,7 +713,7 @@ def _pixel_maddubs_impl():
 
 def register_avx2_pixel_maddubs_intrinsic() -> str:
     """Register :data:`AVX2_PIXEL_MADDUBS_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=lambda: _pixel_desc(MADDUBS_DEPTH))
+    return register_once(AVX2_PIXEL_MADDUBS_INTRIN, _pixel_maddubs_impl, make_desc=lambda: _pixel_desc(MADDUBS_DEPTH))
 
 
 # --- int8 dot products on AArch64 (the dot-product extension, FEAT_DotProd) ----------------------
@@ -776,7 +776,7 @@ def _arm_sdot_impl():
 
 def register_arm_sdot_intrinsic() -> str:
     """Register :data:`ARM_SDOT_INTRIN` once per process (lazily) and return its name."""
-    return _register_once(
+    return register_once(
         ARM_SDOT_INTRIN, _arm_sdot_impl,
         make_desc=lambda: _dot_desc(ARM_SDOT_LANES, ARM_SDOT_DEPTH, data_dtype="int8"),
     )

@@ -21,6 +21,15 @@ Why: the window loops go outside the output-column loop and the padding is mater
 that ResNet-18 pool. Measured alternatives that were slower: explicitly vectorizing the strided
 update loop (0.32 ms), de-interleaving the padded rows for stride 2 (0.48 ms), a whole-tensor pad
 stage parallel over channels (0.30 ms).
+
+Strided windows on x86 (``strided_max_intrinsic``): for stride s >= 2 the update of one window tap
+over the output row is tensorized as one contiguous load of the s*(OW-1)+1 input bytes it spans
+and a ``shufflevector`` picking every s-th byte (LLVM: ``vpermt2b``/``vpermb`` with AVX-512 VBMI,
+pack/shuffle sequences otherwise), then one vector max -- where LLVM's own vectorization of the
+strided reads gathers. Measured on one Sapphire Rapids-class core, ResNet-18's pool: 0.232 ->
+0.147 ms (ONNX Runtime's NHWC int8 pool 0.069 ms in the model's profile). Tried and slower there:
+the whole 3x3 window in one intrinsic (the rows' vertical max, then 3 shuffles of a 113-byte
+vector): 0.49 ms; two separable pools (3x1 then 1x3): 0.84 ms.
 """
 
 from __future__ import annotations
@@ -39,6 +48,14 @@ class MaxPoolInt8(common.MatchingRule):
     name = "maxpool-int8"
 
     def _match_and_schedule(self, func, target):
+        if common.is_x86_cpu(target):
+            try:
+                return self._schedule(func, strided_intrinsic=True)
+            except Exception:  # noqa: BLE001 - a window the intrinsic does not match: the plain nest
+                pass
+        return self._schedule(func, strided_intrinsic=False)
+
+    def _schedule(self, func, strided_intrinsic: bool):
         sch = s_tir.Schedule(func)
         blocks = common.root_blocks(sch)
         pool = common.find_anchor(sch, _POOL_NAMES)
@@ -70,7 +87,52 @@ class MaxPoolInt8(common.MatchingRule):
         init = sch.decompose_reduction(pool, rh)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.vectorize(sch.get_loops(acc)[-1])
+        if strided_intrinsic:
+            data = [r.source for r in sch.get(pool).reads if len(r.region) == 4 and str(r.source.scope()) != "local"]
+            stride = common.column_stride(int(data[0].shape[3]), dims[5], OW) if len(data) == 1 else 1
+            if stride < 2:
+                raise ValueError("unit column stride: LLVM vectorizes the update as it is")
+            dtype = str(sch.get(pool).writes[0].source.dtype)
+            sch.tensorize(sch.get_loops(pool)[-1], strided_max_intrinsic(OW, stride, dtype))
         return sch
+
+
+def strided_max_intrinsic(lanes: int, stride: int, dtype: str) -> str:
+    """Register (once) and name the tensor intrinsic ``C[i] = max(C[i], A[i * stride])``, i < lanes,
+    over a contiguous A of stride*(lanes-1)+1 elements: one vector load of A, a shuffle picking
+    every ``stride``-th element, one vector max (module docstring)."""
+    from tvm.script import tirx as T
+
+    span = stride * (lanes - 1) + 1
+
+    def make_desc():
+        @T.prim_func(s_tir=True)
+        def desc(A: T.Buffer((span,), dtype, offset_factor=1),
+                 C: T.Buffer((lanes,), dtype, offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:span])
+                T.writes(C[0:lanes])
+                for i in T.serial(0, lanes):
+                    with T.sblock("update"):
+                        vi = T.axis.remap("S", [i])
+                        C[vi] = T.max(C[vi], A[vi * stride])
+
+        return desc
+
+    def make_impl():
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((span,), dtype, offset_factor=1),
+                 C: T.Buffer((lanes,), dtype, offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:span])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = T.max(
+                    C.vload([0], f"{dtype}x{lanes}"),
+                    T.Shuffle([A.vload([0], f"{dtype}x{span}")], [T.int32(i * stride) for i in range(lanes)]))
+
+        return impl
+
+    return common.register_once(f"edgekiln_strided_max_{dtype}_{lanes}s{stride}", make_impl, make_desc=make_desc)
 
 
 __all__ = ["MaxPoolInt8"]
