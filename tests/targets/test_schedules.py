@@ -528,6 +528,29 @@ def test_strided_depthwise(hw, s):
     check(proto, {"conv2d": "conv2d-grouped"})
 
 
+@pytest.mark.parametrize("mcpu,blocked", [("znver3", True), ("znver4", False)], ids=["avx2", "avx512"])
+def test_float_depthwise_row_width_picks_the_nest_per_vector_width(mcpu, blocked):
+    """A 28-wide float depthwise conv is channel-blocked with AVX2's 8 lanes (28 < 4 * 8) and
+    keeps the width form with AVX-512's 16 (28 >= 16): depthwise.float_channel_blocked_width."""
+    from targets.lowering.schedules.depthwise import GroupConv2d, float_channel_blocked_width
+
+    assert float_channel_blocked_width(8) == 32 and float_channel_blocked_width(16) == 16
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((1, 32, 28, 28), "float32"))
+    w = np.ones((32, 1, 3, 3), np.float32)
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.nn.conv2d(xv, relax.const(w), padding=1, groups=32)))
+        bb.emit_func_output(gv)
+    target = host_target(mcpu)
+    with target:
+        mod = relax.get_pipeline("zero")(bb.get())
+        (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        sch = GroupConv2d().apply(func, target)
+    lanes = common.vector_lanes(target, "float32")
+    assert (f"T.int64(30), T.int64(30), T.int64({lanes}))" in sch.mod.script()) == blocked
+
+
 @pytest.mark.parametrize("hw,s,p", [(14, 1, 1), (28, 2, 1), (7, 1, 0)], ids=["s1", "s2", "unpadded"])
 def test_depthwise_channel_blocked(hw, s, p):
     """Depthwise convs with short output rows are vectorized over V channels: the padded copy is

@@ -3,7 +3,8 @@
 Two loop nests, chosen by the output width (V SIMD lanes):
 
 Channel-blocked, for depthwise convs (one input channel per output channel, channels a multiple
-of V) that are float with short output rows (OW < 4V: MobileNetV2's 28/14/7-wide layers here) or
+of V) that are float with short output rows (OW < 4V with AVX2's V = 8: MobileNetV2's 28/14/7-wide
+layers; OW < V = 16 with AVX-512; ``float_channel_blocked_width``) or
 8-bit integer (u8 x i8 -> int32) with a column stride > 1:
 
     padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
@@ -60,6 +61,18 @@ from tvm.target import Target
 
 from targets.lowering.schedules import common
 from targets.lowering.schedules.conv2d import _weight_read_index
+
+
+def float_channel_blocked_width(lanes: int) -> int:
+    """Float depthwise convs with output rows narrower than this take the channel-blocked nest.
+
+    Measured, one core, width form vs channel-blocked, ms: AVX2 (V = 8, Zen 3) rows below 4 vectors
+    (module docstring: 28, 14, 7 columns) gain. AVX-512 (V = 16, Sapphire Rapids-class) only
+    the 7-wide rows do: 960 ch @7 0.052 vs 0.046; at 14 and more columns the width form wins or
+    ties -- 96 ch 112->56 s2 0.50 vs 0.66, 144 @56 0.26 vs 0.37, 144 56->28 s2 0.20 vs 0.24,
+    192 @28 0.096 vs 0.138, 384 @14 0.053 vs 0.071, 192 28->14 s2 0.079 vs 0.074, 576 14->7 s2
+    0.061 vs 0.057 -- since the 16-plane gather of the blocked copy costs twice the 8-plane one."""
+    return 4 * lanes if lanes <= 8 else lanes
 
 
 class GroupConv2d(common.ScheduleRule):
@@ -137,7 +150,7 @@ class GroupConv2d(common.ScheduleRule):
         if len(data) != 1 or int(data[0].source.shape[1]) != F:
             return False
         if is_float:
-            return OW < 4 * lanes
+            return OW < float_channel_blocked_width(lanes)
         return common.column_stride(int(data[0].source.shape[3]), KW, OW) > 1
 
     @staticmethod
