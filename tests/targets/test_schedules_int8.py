@@ -394,14 +394,14 @@ def test_conv2d_wide_tiles_bit_exact(c, h, f, k, stride, pad):
 # --- depthwise u8 x i8 (depthwise_int8.DepthwiseInt8) ---------------------------------------------
 
 
-def depthwise_case(c, h, k, stride, pad, requant, seed=0):
+def depthwise_case(c, h, k, stride, pad, requant, seed=0, batch=1):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(1, c, h, h)).astype(np.uint8)
+    x = rng.integers(0, 256, size=(batch, c, h, h)).astype(np.uint8)
     x.reshape(-1)[:2] = [0, 255]
     w = rng.integers(-127, 128, size=(c, 1, k, k)).astype(np.int8)
     bias = rng.integers(-20000, 20000, size=c).astype(np.int32)
     bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType((1, c, h, h), "uint8"))
+    xv = relax.Var("x", relax.TensorType((batch, c, h, h), "uint8"))
     with bb.function("main", [xv]):
         with bb.dataflow():
             acc = relax.op.nn.conv2d(xv, relax.const(w, "int8"), strides=stride, padding=pad, groups=c,
@@ -412,7 +412,7 @@ def depthwise_case(c, h, k, stride, pad, requant, seed=0):
         bb.emit_func_output(gv)
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     oh = (h + 2 * pad - k) // stride + 1
-    ref = np.zeros((1, c, oh, oh), np.int64)
+    ref = np.zeros((batch, c, oh, oh), np.int64)
     for i in range(k):
         for j in range(k):
             patch = xp[:, :, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (oh - 1) + 1 : stride]
@@ -454,6 +454,27 @@ def test_strided_depthwise_u8i8_is_channel_blocked():
     scheduled, _ = schedule(mod, target)
     scripts = [f.script() for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert any(f"(T.int64(1), T.int64(2), T.int64(20), T.int64(20), T.int64({lanes}))" in s for s in scripts)
+
+
+@pytest.mark.parametrize("h,batch,pixels", [(32, 1, 16), (28, 1, 14), (14, 2, 14), (7, 1, 7), (17, 1, None)],
+                         ids=["w32", "w28", "w14-batch2", "w7", "w17-gather"])
+def test_strided_depthwise_u8i8_copy_is_a_byte_transpose(h, batch, pixels):
+    """The NCHW{V}c copy of a strided u8 depthwise conv interleaves runs of P pixels x V channels
+    with the transpose intrinsic (P the largest divisor of the width up to 16; a width with none
+    of at least 4 keeps the per-pixel gather); bit-exact either way, batched included."""
+    target = host_target()
+    lanes = common.vector_lanes(target, "int32")
+    mod, x, ref = depthwise_case(2 * lanes, h, 3, 2, 1, True, seed=7, batch=batch)
+    y, report, _ = compile_and_run(mod, x)
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == "conv2d-grouped"
+    scheduled, _ = schedule(mod, target)
+    script = "\n".join(f.script() for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    if pixels is None:
+        assert "T.Shuffle" not in script
+    else:
+        assert "T.Shuffle" in script
+        assert f"(T.int64({lanes}), T.int64(1), T.int64({pixels})), \"uint8\"" in script  # the intrinsic's A
 
 
 def test_depthwise_rule_declines_float_and_grouped():
