@@ -232,6 +232,55 @@ def compute_per_image(sch: s_tir.Schedule, copy, image_loop, per_image: bool) ->
     return sch.get_loops(copy)[1 if per_image else 0 :]
 
 
+def transposing_copy(sch: s_tir.Schedule, copy, copy_loops, planes: int, parallel: bool, per_image: bool):
+    """Schedule an 8-bit channel-blocking copy ``[N, C, H, W] -> [N, C/planes, H', W', planes]``
+    (loops ``copy_loops`` = (n, c/planes, h, w, planes), e.g. from :func:`compute_per_image`;
+    optionally zero-padded: an ``if_then_else`` border) as byte transposes, on a copy of ``sch``:
+
+        parallel for (n, c/planes):                      # n inside the image loop when per_image
+            fill the block's plane with zeros            # padded only; LLVM emits one memset
+            for h, w0 in steps of P over the interior:
+                dst[.., h, w0:w0+P, :] = transpose(src[c0:c0+planes, h, w0:w0+P])
+                                                         # register_transpose_intrinsic(P, planes)
+
+    P is the largest divisor of the interior width up to 16. Returns the new schedule, or None
+    (``sch`` untouched) for other dtypes, widths without a divisor of at least 4, or a copy the
+    intrinsic does not match (a fused producer in its body...).
+
+    Why: a copy vectorized over the ``planes`` channels of a pixel gathers one byte per channel
+    per pixel; the transpose loads rows of P bytes and stores P * planes contiguous bytes.
+
+    The fill is decomposed above the rows, not inside each row, because ``tensorize`` drops the
+    row predicate (``T.where(1 <= h < H + 1)``) that a per-row decomposition puts on the interior
+    copy, which then reads past the image."""
+    dtype = str(sch.get(copy).writes[0].source.dtype)
+    source = [r.source for r in sch.get(copy).reads]
+    if dtype not in ("uint8", "int8") or len(source) != 1 or str(source[0].dtype) != dtype:
+        return None
+    trial = sch.copy()
+    try:
+        try:
+            fill = trial.decompose_padding(copy, copy_loops[2])
+        except Exception:  # noqa: BLE001 - no zero border: a plain re-laying copy
+            fill = None
+        blocks = trial.fuse(*(copy_loops[1:2] if per_image else copy_loops[:2]))
+        if parallel:
+            trial.parallel(blocks)
+        if fill is not None:
+            row = trial.fuse(*trial.get_loops(fill)[-2:])  # one contiguous padded row
+            _, vec = trial.split(row, [None, largest_divisor(extents(trial, [row])[0], 64)])
+            trial.vectorize(vec)
+        width = trial.get_loops(copy)[-2]
+        pixels = largest_divisor(extents(trial, [width])[0], 16)
+        if pixels < 4:
+            return None
+        _, run = trial.split(width, [None, pixels])
+        trial.tensorize(run, register_transpose_intrinsic(pixels, planes, dtype))
+    except Exception:  # noqa: BLE001 - a copy the intrinsic does not match: keep the caller's
+        return None
+    return trial
+
+
 def unroll_and_vectorize_tile(sch: s_tir.Schedule, block, unrolled, vector_loop, reduction_loop, intrin: str | None = None):
     """The register-tile micro-kernel's inner loops: unroll ``unrolled`` (the tile's rows and
     vector blocks), vectorize ``vector_loop`` (None: a scalar tile), split the accumulator

@@ -9,7 +9,7 @@ layers; OW < V = 16 with AVX-512; ``float_channel_blocked_width``) or
 
     padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
                  the padding stage re-laid out, vectorized over the V channels; for 8-bit data
-                 a zero fill + byte transposes of P pixels x V channels, _transposing_copy)
+                 a zero fill + byte transposes of P pixels x V channels, common.transposing_copy)
     weight pack: W[F, 1, KH, KW] -> Wp[F/V, KH, KW, 1, V]   (folded at compile time)
     parallel for (n, f_outer, oh):
         for ow_outer:
@@ -190,7 +190,11 @@ class GroupConv2d(common.ScheduleRule):
         if xt > 1:
             sch.vectorize(write_back[-1])  # contiguous columns of one output channel
         pad_loops = common.compute_per_image(sch, pad, n, per_image)  # (n, c/V, h, w, V)
-        transposed = GroupConv2d._transposing_copy(sch, pad, pad_loops, v, bool(producers), parallel, per_image)
+        # 8-bit data: a zero fill + byte transposes (common.transposing_copy); measured on one
+        # Zen 3 core, MobileNetV2 int8-w7's stride-2 layers, whole kernel, ms, gather ->
+        # transpose: 96 ch 112->56 0.537 -> 0.389-0.450, 144 ch 56->28 0.222 -> 0.186-0.194,
+        # 192 ch 28->14 0.086 -> 0.070-0.073, 576 ch 14->7 0.068 -> 0.060.
+        transposed = common.transposing_copy(sch, pad, pad_loops, v, parallel, per_image)
         if transposed is not None:
             return transposed
         rows = sch.fuse(*pad_loops[1:3]) if per_image else sch.fuse(*pad_loops[:3])
@@ -198,47 +202,6 @@ class GroupConv2d(common.ScheduleRule):
             sch.parallel(rows)
         sch.vectorize(pad_loops[-1])  # V channels of one pixel (a gather from V planes)
         return sch
-
-    @staticmethod
-    def _transposing_copy(sch, pad, pad_loops, lanes: int, padded: bool, parallel: bool, per_image: bool):
-        """For 8-bit data, the NCHW{V}c copy of the channel-blocked nest as a byte transpose: a copy
-        of the schedule in which the zero border is filled first (``decompose_padding`` above the
-        rows: a contiguous fill of each channel block's plane, which LLVM emits as one memset) and
-        each run of P interior pixels x V channels is one ``common.register_transpose_intrinsic``
-        (V row loads of P bytes, one shuffle, P*V contiguous bytes stored), P the largest divisor
-        of the image width up to 16. None (``sch`` untouched) for float data, widths with no
-        divisor of at least 4, or a copy the intrinsic does not match.
-
-        Why: the gathering copy loads one byte per channel per pixel. Measured on one Zen 3 core
-        (AVX2, V = 8), MobileNetV2 int8-w7's stride-2 depthwise convs, whole kernel, ms, gather ->
-        transpose: 96 ch 112->56 0.537 -> 0.389-0.450, 144 ch 56->28 0.222 -> 0.186-0.194, 192 ch
-        28->14 0.086 -> 0.070-0.073, 576 ch 14->7 0.068 -> 0.060.
-
-        The fill is decomposed above the rows, not inside each row, because ``tensorize`` drops the
-        row predicate (``T.where(1 <= h < H + 1)``) that a per-row decomposition puts on the
-        interior copy, and the copy then reads past the image."""
-        dtype = str(sch.get(pad).writes[0].source.dtype)
-        if dtype not in ("uint8", "int8"):
-            return None
-        trial = sch.copy()
-        try:
-            fill = trial.decompose_padding(pad, pad_loops[2]) if padded else None
-            planes = trial.fuse(*(pad_loops[1:2] if per_image else pad_loops[:2]))
-            if parallel:
-                trial.parallel(planes)
-            if fill is not None:
-                row = trial.fuse(*trial.get_loops(fill)[-2:])  # one contiguous padded row
-                _, vec = trial.split(row, [None, common.largest_divisor(common.extents(trial, [row])[0], 64)])
-                trial.vectorize(vec)
-            width = trial.get_loops(pad)[-2]
-            pixels = common.largest_divisor(common.extents(trial, [width])[0], 16)
-            if pixels < 4:
-                return None
-            _, run = trial.split(width, [None, pixels])
-            trial.tensorize(run, common.register_transpose_intrinsic(pixels, lanes, dtype))
-        except Exception:  # noqa: BLE001 - a copy the intrinsic does not match: keep the gather
-            return None
-        return trial
 
     @staticmethod
     def _vectorize_pad(sch, pad, lanes: int) -> None:
