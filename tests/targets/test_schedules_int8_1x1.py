@@ -50,6 +50,23 @@ def test_conv1x1_pixels_bit_exact(c, h, f, requant):
     assert "vpbroadcastd" in asm  # the int16 weight pair: one 32-bit broadcast
 
 
+@pytest.mark.parametrize("weight_bound,rule,depth", [(127, PIXELS, 2), (63, conv1x1_int8.Conv1x1Int8PixelsAVX2Maddubs.name, 4)],
+                         ids=["vpmaddwd", "vpmaddubsw"])
+def test_conv1x1_pixels_data_pack_is_a_byte_transpose(weight_bound, rule, depth):
+    """The [N, C/depth, H*W, depth] data pack interleaves `depth` channel rows of P pixels per
+    transpose intrinsic (P = 16 on a 16-wide image) instead of scattering bytes; bit-exact."""
+    from tests.targets.test_schedules_int8 import schedule
+
+    mod, x, ref = conv_case(24, 16, 48, 1, 1, 0, True, seed=4, weight_bound=weight_bound)
+    y, report, _ = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == rule
+    scheduled, _ = schedule(mod, avx2_target())
+    script = "\n".join(f.script() for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert "T.Shuffle" in script
+    assert f"(T.int64({depth}), T.int64(1), T.int64(16)), \"uint8\"" in script  # the intrinsic's source rows
+
+
 def test_conv1x1_pixels_batch_exact():
     """Batch 3: each image's data pack is made right before its tiles; bit-exact per image."""
     rng = np.random.default_rng(8)
