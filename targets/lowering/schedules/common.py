@@ -234,8 +234,9 @@ def compute_per_image(sch: s_tir.Schedule, copy, image_loop, per_image: bool) ->
 
 def transposing_copy(sch: s_tir.Schedule, copy, copy_loops, planes: int, parallel: bool, per_image: bool):
     """Schedule an 8-bit channel-blocking copy ``[N, C, H, W] -> [N, C/planes, H', W', planes]``
-    (loops ``copy_loops`` = (n, c/planes, h, w, planes), e.g. from :func:`compute_per_image`;
-    optionally zero-padded: an ``if_then_else`` border) as byte transposes, on a copy of ``sch``:
+    (or ``[N, C/planes, H*W, planes]``; loops ``copy_loops`` = (n, c/planes, h, w, planes), e.g.
+    from :func:`compute_per_image`; optionally zero-padded: an ``if_then_else`` border) as byte
+    transposes, on a copy of ``sch``:
 
         parallel for (n, c/planes):                      # n inside the image loop when per_image
             fill the block's plane with zeros            # padded only; LLVM emits one memset
