@@ -41,7 +41,7 @@ import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _shape
-from targets.lowering.relax_rewrites import function_bindings, static_shape, u8_conv_weight, with_functions
+from targets.lowering.relax_rewrites import elementwise_epilogue_chains, function_bindings, u8_conv_weight, with_functions
 from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH
 from targets.lowering.schedules.conv1x1_int8 import MAX_CHANNELS
 
@@ -49,27 +49,6 @@ __all__ = ["flatten_small_image_expansions"]
 
 # pixels of an image below which the padding to whole vectors is not worth it (see docstring)
 MIN_PIXELS = 64
-
-# elementwise ops an epilogue chain may hold (the integer-only form's requantizers, both the int64
-# chain and requant_float's int32/float64 forms)
-_ELEMENTWISE = frozenset(
-    f"relax.{name}" for name in (
-        "add", "subtract", "multiply", "right_shift", "left_shift", "maximum", "minimum", "clip", "astype",
-        "floor", "round", "bitwise_xor",
-    )
-)
-
-
-def _is_pixel_invariant_constant(expr, bindings) -> bool:
-    """A scalar constant (Clip's bounds) or a constant tensor that is the same for every pixel
-    (shape [.., 1, 1], a per-channel requantization constant), or a var bound to one: it
-    broadcasts over the padded pixel row as it did over the image."""
-    value = bindings.get(expr, expr)
-    if not isinstance(value, tvm.ir.expr.Constant):
-        return False
-    shape = static_shape(value)
-    return shape is None or len(shape) < 2 or shape[-2:] == [1, 1]
-
 
 def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW expansion conv this rewrite applies to."""
@@ -84,43 +63,6 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     pixels = shape[2] * shape[3]
     return ((kh, kw) == (1, 1) and f > c and c <= MAX_CHANNELS and c % MADDUBS_DEPTH == 0
             and pixels % lanes != 0 and pixels >= MIN_PIXELS)
-
-
-def _epilogue_chains(func: relax.Function, bindings: dict, lanes: int) -> dict:
-    """conv var -> [chain vars in order]: each qualifying conv and the elementwise ops after it
-    whose other operands are constants, each the single use of the previous value."""
-    uses: dict = {}
-    consumers: dict = {}
-
-    def count(expr, binding_var):
-        for var in _free_vars(expr):
-            uses[var] = uses.get(var, 0) + 1
-            consumers[var] = binding_var
-
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            count(binding.value, binding.var)
-    count(func.body.body, None)
-    chains = {}
-    for var, value in bindings.items():
-        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                and value.op.name == "relax.nn.conv2d" and _takes(value, bindings, lanes)):
-            continue
-        chain = [var]
-        while uses.get(chain[-1]) == 1 and consumers.get(chain[-1]) is not None:
-            nxt = consumers[chain[-1]]
-            call = bindings.get(nxt)
-            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in _ELEMENTWISE):
-                break
-            if not all(arg.same_as(chain[-1]) or _is_pixel_invariant_constant(arg, bindings) for arg in call.args):
-                break
-            chain.append(nxt)
-        chains[var] = chain
-    return chains
-
-
-def _free_vars(expr) -> list:
-    return list(relax.analysis.free_vars(expr)) if not isinstance(expr, relax.Var) else [expr]
 
 
 @relax.expr_functor.mutator
@@ -168,7 +110,7 @@ def flatten_small_image_expansions(mod: tvm.IRModule, lanes: int = AVX2_LANES) -
     for gvar, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
-        chains = _epilogue_chains(func, function_bindings(func), lanes)
+        chains = elementwise_epilogue_chains(func, function_bindings(func), lambda call, b: _takes(call, b, lanes))
         if not chains:
             continue
         rewriter = _FlattenRewriter(mod, chains, lanes)

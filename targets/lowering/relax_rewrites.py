@@ -1,5 +1,5 @@
 """Helpers shared by the Relax-module rewrites that run before fusion (requant_float.py,
-signed_activations.py, flat_pixels.py)."""
+signed_activations.py, flat_pixels.py, wide_rows.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,63 @@ def with_functions(mod: tvm.IRModule, updates: dict) -> tvm.IRModule:
     for gvar, func in updates.items():
         mod[gvar] = func
     return relax.transform.DeadCodeElimination()(mod)
+
+
+# elementwise ops an epilogue chain may hold (the integer-only form's requantizers, both the int64
+# chain and requant_float's int32/float64 forms)
+_ELEMENTWISE = frozenset(
+    f"relax.{name}" for name in (
+        "add", "subtract", "multiply", "right_shift", "left_shift", "maximum", "minimum", "clip", "astype",
+        "floor", "round", "bitwise_xor",
+    )
+)
+
+
+def _is_pixel_invariant_constant(expr, bindings) -> bool:
+    """A scalar constant (Clip's bounds) or a constant tensor that is the same for every pixel
+    (shape [.., 1, 1], a per-channel requantization constant), or a var bound to one: it
+    broadcasts over a padded or re-shaped image as it did over the original one."""
+    value = bindings.get(expr, expr)
+    if not isinstance(value, tvm.ir.expr.Constant):
+        return False
+    shape = static_shape(value)
+    return shape is None or len(shape) < 2 or shape[-2:] == [1, 1]
+
+
+def _free_vars(expr) -> list:
+    return list(relax.analysis.free_vars(expr)) if not isinstance(expr, relax.Var) else [expr]
+
+
+def elementwise_epilogue_chains(func: relax.Function, bindings: dict, takes) -> dict:
+    """conv var -> [chain vars in order]: each ``relax.nn.conv2d`` binding for which
+    ``takes(call, bindings)`` holds, then the elementwise ops after it whose other operands are
+    pixel-invariant constants, each the single use of the previous value. A rewrite that computes
+    the conv on a padded image can run the whole chain there and crop once at its end."""
+    uses: dict = {}
+    consumers: dict = {}
+
+    def count(expr, binding_var):
+        for var in _free_vars(expr):
+            uses[var] = uses.get(var, 0) + 1
+            consumers[var] = binding_var
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            count(binding.value, binding.var)
+    count(func.body.body, None)
+    chains = {}
+    for var, value in bindings.items():
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name == "relax.nn.conv2d" and takes(value, bindings)):
+            continue
+        chain = [var]
+        while uses.get(chain[-1]) == 1 and consumers.get(chain[-1]) is not None:
+            nxt = consumers[chain[-1]]
+            call = bindings.get(nxt)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in _ELEMENTWISE):
+                break
+            if not all(arg.same_as(chain[-1]) or _is_pixel_invariant_constant(arg, bindings) for arg in call.args):
+                break
+            chain.append(nxt)
+        chains[var] = chain
+    return chains

@@ -16,6 +16,7 @@ Loop structure produced (OW output width, xv <= 16 columns per vector, yt rows p
                 for yi in yt (unrolled):
                     acc[yi][:] += int32(pad[oh0+yi+ry, ow0+rx : ow0+rx+xv]) * int32(w[c, ry, rx])
             out[n, c, oh0:oh0+yt, ow0:ow0+xv] = epilogue(acc)      # vectorized along ow
+        crop[n, c] = out[n, c, :, :OW]              # only after wide_rows.py widened the rows
 
 Why: the loop nest of the fp32 ``depthwise.GroupConv2d`` rule (width-vectorized, weights
 broadcast, the rows of a tile sharing each weight), with the padding changed for 8-bit data: a
@@ -89,7 +90,10 @@ class DepthwiseInt8(common.MatchingRule):
     def _schedule(self, sch, conv, target):
         lanes = common.vector_lanes(target, "int32")
         producers = [p for p in sch.get_producers(conv) if common.block_name(sch, p).startswith("pad_temp")]
-        epilogue = common.fuse_epilogue(sch, conv)
+        # keep_slice: wide_rows.py's crop of the widened rows stays a copy after the write-back
+        epilogue = common.fuse_epilogue(sch, conv, keep_slice=True)
+        crop = common.root_blocks(sch)[-1]
+        crop = None if epilogue is None or sch.get(crop).same_as(sch.get(epilogue)) else crop
 
         n, f, y, x, rc, ry, rx = sch.get_loops(conv)
         N, F, OH, OW, _, KH, KW = common.extents(sch, [n, f, y, x, rc, ry, rx])
@@ -106,6 +110,9 @@ class DepthwiseInt8(common.MatchingRule):
         plane = sch.fuse(n, f)
         if N * F * OH * OW >= common.MIN_PARALLEL_ELEMENTS:
             sch.parallel(plane)
+        if crop is not None:  # copied out right after its channel plane is written (still in L1)
+            sch.reverse_compute_at(crop, plane, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(crop)[-1])
         sch.unroll(yi)
         sch.vectorize(xi)
         init = sch.decompose_reduction(conv, rc)
