@@ -5,7 +5,8 @@ Two loop nests, chosen by the output width (V SIMD lanes):
 Channel-blocked, for depthwise convs (one input channel per output channel, channels a multiple
 of V) that are float with short output rows (OW < 4V with AVX2's V = 8: MobileNetV2's 28/14/7-wide
 layers; OW < V = 16 with AVX-512; ``float_channel_blocked_width``) or
-8-bit integer (u8 x i8 -> int32) with a column stride > 1:
+8-bit integer (u8 x i8 -> int32) with a column stride > 1 or, on AVX2, rows under 8 columns
+(``int8_channel_blocked``):
 
     padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
                  the padding stage re-laid out, vectorized over the V channels; for 8-bit data
@@ -74,6 +75,16 @@ def float_channel_blocked_width(lanes: int) -> int:
     192 @28 0.096 vs 0.138, 384 @14 0.053 vs 0.071, 192 28->14 s2 0.079 vs 0.074, 576 14->7 s2
     0.061 vs 0.057 -- since the 16-plane gather of the blocked copy costs twice the 8-plane one."""
     return 4 * lanes if lanes <= 8 else lanes
+
+
+def int8_channel_blocked(out_width: int, stride: int, lanes: int) -> bool:
+    """Whether an 8-bit (u8 x i8 -> int32) depthwise conv whose channels fill ``lanes``-wide int32
+    vectors takes the channel-blocked nest: any column stride > 1 (module docstring), and on AVX2
+    (8 lanes) stride-1 rows shorter than one vector, which ``DepthwiseInt8``'s width form runs on
+    partial vectors. Measured on one Zen 3 core, single layers interleaved, width form ->
+    channel-blocked: 960 ch @7 0.184 -> 0.163 ms, 160 ch @7 0.025 -> 0.022 ms; at 14 and 28
+    columns the channel-blocked nest was no faster (and wide_rows.py widens those rows)."""
+    return stride > 1 or (lanes == 8 and out_width < lanes)
 
 
 class GroupConv2d(common.ScheduleRule):
@@ -152,7 +163,7 @@ class GroupConv2d(common.ScheduleRule):
             return False
         if is_float:
             return OW < float_channel_blocked_width(lanes)
-        return common.column_stride(int(data[0].source.shape[3]), KW, OW) > 1
+        return int8_channel_blocked(OW, common.column_stride(int(data[0].source.shape[3]), KW, OW), lanes)
 
     @staticmethod
     def _schedule_channel_blocked(sch, conv, lanes: int):

@@ -30,6 +30,8 @@ Stride 2 is declined: ``GroupConv2d`` takes it with its channel-blocked nest (co
 8 channels for any stride; measured 1.0-3.1x faster per layer than its width form on
 MobileNetV2's four stride-2 layers, see depthwise.py). A de-interleaving copy here (even bytes by truncation of a
 16-bit view, odd by shift + truncation) was 0.95x-1.3x of that width form, so it was dropped.
+On AVX2, rows shorter than one vector (7 columns) whose channels fill int32 vectors are declined
+too (``depthwise.int8_channel_blocked``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ class DepthwiseInt8(common.MatchingRule):
             return None
         if _column_stride(sch, conv) != 1:
             return None  # strided: GroupConv2d's per-tile de-interleaved padding is as fast or faster
+        from targets.lowering.schedules.depthwise import int8_channel_blocked
+
+        lanes = common.vector_lanes(target, "int32")
+        _, f, _, x = sch.get_loops(conv)[:4]
+        channels, out_width = common.extents(sch, [f, x])
+        if channels % lanes == 0 and int8_channel_blocked(out_width, 1, lanes):
+            return None  # short rows: GroupConv2d's channel-blocked nest (see there)
         return self._schedule(sch, conv, target)
 
     def _schedule(self, sch, conv, target):
