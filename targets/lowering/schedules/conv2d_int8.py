@@ -74,8 +74,8 @@ into int16) + ``vpmaddwd`` by ones + ``vpaddd`` (common.AVX2_MADDUBS_DOT_INTRIN)
 sums saturate only beyond 255 * 128, so with such weights the kernel is exact; the weight range is
 read off the constant (``common.constant_param_range``), never assumed. Same layers, ms: 1.88,
 1.54, 1.42, 1.33 (64..512 channels; the saturating ONNX Runtime kernel 1.76, 1.27, 1.25, 1.29); the
-stem is unchanged (3.41). 1x1 convs with C < 2F that ``Conv1x1Int8PixelsAVX2`` takes stay there
-(its pixel-vectorized write-back wins for few input channels).
+stem is unchanged (3.41). 1x1 convs that ``Conv1x1Int8PixelsAVX2`` takes (C <= 256, whole
+8-pixel vectors) go there (its pixel-vectorized write-back and byte-transposed pack win).
 """
 
 from __future__ import annotations
@@ -257,13 +257,17 @@ class Conv2dInt8AVX2Maddubs(common.AVX2MaddubsDot, Conv2dInt8VNNI):
     def _claims(self, func, sch, conv, reads, dims) -> bool:
         if not common.within_maddubs_bound(func, sch.get(conv).reads[reads[1]].source):
             return False
-        # 1x1 convs with fewer input than twice the output channels (MobileNetV2's expansions)
-        # run faster on the pixel-vectorized rule, which this rule precedes: measured on Zen 3,
-        # 16->96 @112 1.12 ms there vs 3.01 here, 64->64 @56 0.41 vs 0.60; the projections
-        # (96->24, 144->24, 192->32) 0.74 -> 0.56 ms here.
+        # 1x1 convs the pixel-vectorized rule (which this rule precedes) takes run faster there:
+        # the expansions (measured on Zen 3, 16->96 @112 1.12 ms there vs 3.01 here, 64->64 @56
+        # 0.41 vs 0.60) and, since its data pack is a byte transpose (common.transposing_copy),
+        # the projections too: single layers interleaved, ms, here -> there, 32->16 @112 0.43 ->
+        # 0.25, 96->24 @56 0.36 -> 0.24 (2 threads 0.21 -> 0.16), 144->24 @56 0.32 -> 0.24,
+        # 144->32 @28 0.133 -> 0.096, 192->32 @28 0.109 -> 0.093, 256->64 @28 0.233 -> 0.202.
+        # (With the per-byte pack the projections were faster here: 96->24, 144->24, 192->32
+        # 0.74 -> 0.56 ms.)
         from targets.lowering.schedules import conv1x1_int8  # imports this module
 
-        return not (dims[4] < 2 * dims[1] and conv1x1_int8.takes(sch, conv, reads, dims))
+        return not conv1x1_int8.takes(sch, conv, reads, dims)
 
 
 class Conv2dInt8ArmDot(common.ArmDotprodDot, Conv2dInt8VNNI):
