@@ -41,7 +41,7 @@ import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _shape
-from targets.lowering.relax_rewrites import elementwise_epilogue_chains, function_bindings, u8_conv_weight, with_functions
+from targets.lowering.relax_rewrites import rewrite_conv_epilogue_chains, u8_conv_weight
 from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH
 from targets.lowering.schedules.conv1x1_int8 import MAX_CHANNELS
 
@@ -65,55 +65,22 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
             and pixels % lanes != 0 and pixels >= MIN_PIXELS)
 
 
-@relax.expr_functor.mutator
-class _FlattenRewriter(relax.PyExprMutator):
-    def __init__(self, mod, chains: dict, lanes: int):
-        super().__init__(mod)
-        self.lanes = lanes
-        self.start = chains
-        self.member = {var: start for start, chain in chains.items() for var in chain}
-        self.end = {chain[-1]: start for start, chain in chains.items()}
-        self.padded: dict = {}  # original chain var -> its value on the padded pixel row
-        self.rewritten = 0
-
-    def visit_var_binding_(self, binding):  # noqa: N802 - PyExprMutator hook
-        var = binding.var
-        if var not in self.member:
-            return super().visit_var_binding_(binding)
-        emit = self.builder_.emit
-        call = binding.value
-        if var in self.start:
-            data = self.visit_expr(call.args[0])
-            n, c, h, w = _shape(call.args[0])
-            pixels = h * w
-            padded_pixels = -(-pixels // self.lanes) * self.lanes
-            row = emit(relax.op.reshape(data, [n, c, 1, pixels]))
-            row = emit(relax.op.nn.pad(row, [0, 0, 0, 0, 0, 0, 0, padded_pixels - pixels], pad_value=0.0))
-            value = emit(relax.Call(call.op, [row, self.visit_expr(call.args[1])], call.attrs, call.ty_args))
-            self.rewritten += 1
-        else:
-            args = [self.padded[arg] if arg in self.padded else self.visit_expr(arg) for arg in call.args]
-            value = emit(relax.Call(call.op, args, call.attrs, call.ty_args))
-        self.padded[var] = value
-        if var in self.end:
-            n, f, h, w = _shape(var)
-            cropped = emit(relax.op.strided_slice(value, axes=[3], begin=[0], end=[h * w]))
-            self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(relax.op.reshape(cropped, [n, f, h, w]))))
-
-
 def flatten_small_image_expansions(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
     """Rewrite every qualifying 8-bit 1x1 expansion conv of ``mod`` (module docstring) onto a row
     of a multiple of ``lanes`` pixels (the pixel rule's vector: 8 on AVX2, 16 with VNNI). Returns
     (module, convs rewritten); ``mod`` itself is not modified."""
-    rewritten = 0
-    updates = {}
-    for gvar, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        chains = elementwise_epilogue_chains(func, function_bindings(func), lambda call, b: _takes(call, b, lanes))
-        if not chains:
-            continue
-        rewriter = _FlattenRewriter(mod, chains, lanes)
-        updates[gvar] = rewriter.visit_expr(func)
-        rewritten += rewriter.rewritten
-    return with_functions(mod, updates), rewritten
+
+    def run_conv(emit, call, visit):
+        n, c, h, w = _shape(call.args[0])
+        pixels = h * w
+        padded_pixels = -(-pixels // lanes) * lanes
+        row = emit(relax.op.reshape(visit(call.args[0]), [n, c, 1, pixels]))
+        row = emit(relax.op.nn.pad(row, [0, 0, 0, 0, 0, 0, 0, padded_pixels - pixels], pad_value=0.0))
+        return emit(relax.Call(call.op, [row, visit(call.args[1])], call.attrs, call.ty_args))
+
+    def crop(emit, value, var):
+        n, f, h, w = _shape(var)
+        cropped = emit(relax.op.strided_slice(value, axes=[3], begin=[0], end=[h * w]))
+        return relax.op.reshape(cropped, [n, f, h, w])
+
+    return rewrite_conv_epilogue_chains(mod, lambda call, b: _takes(call, b, lanes), run_conv, crop)

@@ -110,3 +110,57 @@ def elementwise_epilogue_chains(func: relax.Function, bindings: dict, takes) -> 
             chain.append(nxt)
         chains[var] = chain
     return chains
+
+
+@relax.expr_functor.mutator
+class _ChainRewriter(relax.PyExprMutator):
+    """Re-emits each chain of :func:`rewrite_conv_epilogue_chains` on the enlarged image."""
+
+    def __init__(self, mod, chains: dict, run_conv, crop):
+        super().__init__(mod)
+        self.run_conv, self.crop = run_conv, crop
+        self.start = chains
+        self.member = {var for chain in chains.values() for var in chain}
+        self.end = {chain[-1] for chain in chains.values()}
+        self.enlarged: dict = {}  # original chain var -> its value on the enlarged image
+        self.rewritten = 0
+
+    def visit_var_binding_(self, binding):  # noqa: N802 - PyExprMutator hook
+        var = binding.var
+        if var not in self.member:
+            return super().visit_var_binding_(binding)
+        call = binding.value
+        if var in self.start:
+            value = self.run_conv(self.builder_.emit, call, self.visit_expr)
+            self.rewritten += 1
+        else:
+            args = [self.enlarged[arg] if arg in self.enlarged else self.visit_expr(arg) for arg in call.args]
+            value = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+        self.enlarged[var] = value
+        if var in self.end:
+            restored = self.crop(self.builder_.emit, value, var)
+            self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(restored)))
+
+
+def rewrite_conv_epilogue_chains(mod: tvm.IRModule, takes, run_conv, crop) -> tuple[tvm.IRModule, int]:
+    """Run every conv that ``takes(call, bindings)`` accepts, and its elementwise epilogue chain
+    (:func:`elementwise_epilogue_chains`), on an enlarged image, then crop once at the chain's end.
+
+    ``run_conv(emit, call, visit)`` emits the conv on the enlarged image (``visit`` maps the
+    original operands into the new function) and returns its value; the chain's ops are
+    re-emitted on the enlarged values; ``crop(emit, value, var)`` returns the expression, of the
+    original shape, bound to the chain's last var ``var``. Exact when every output pixel is
+    computed independently of the added ones (flat_pixels.py, wide_rows.py). Returns (module,
+    convs rewritten); ``mod`` itself is not modified."""
+    rewritten = 0
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        chains = elementwise_epilogue_chains(func, function_bindings(func), takes)
+        if not chains:
+            continue
+        rewriter = _ChainRewriter(mod, chains, run_conv, crop)
+        updates[gvar] = rewriter.visit_expr(func)
+        rewritten += rewriter.rewritten
+    return with_functions(mod, updates), rewritten

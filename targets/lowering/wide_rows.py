@@ -33,7 +33,7 @@ import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _constant, _dtype, _shape
-from targets.lowering.relax_rewrites import elementwise_epilogue_chains, function_bindings, static_shape, with_functions
+from targets.lowering.relax_rewrites import rewrite_conv_epilogue_chains, static_shape
 
 __all__ = ["widen_depthwise_rows"]
 
@@ -61,57 +61,23 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     return out_width > lanes and out_width % lanes != 0
 
 
-@relax.expr_functor.mutator
-class _WidenRewriter(relax.PyExprMutator):
-    def __init__(self, mod, chains: dict, lanes: int):
-        super().__init__(mod)
-        self.lanes = lanes
-        self.start = chains
-        self.member = {var: start for start, chain in chains.items() for var in chain}
-        self.end = {chain[-1]: start for start, chain in chains.items()}
-        self.wide: dict = {}  # original chain var -> its value on the wider rows
-        self.rewritten = 0
-
-    def visit_var_binding_(self, binding):  # noqa: N802 - PyExprMutator hook
-        var = binding.var
-        if var not in self.member:
-            return super().visit_var_binding_(binding)
-        emit = self.builder_.emit
-        call = binding.value
-        if var in self.start:
-            attrs = call.attrs
-            out_width = _shape(call)[3]
-            extra = -(-out_width // self.lanes) * self.lanes - out_width
-            top, left, bottom, right = (int(p) for p in attrs.padding)
-            value = emit(relax.op.nn.conv2d(
-                self.visit_expr(call.args[0]), self.visit_expr(call.args[1]), strides=attrs.strides,
-                padding=[top, left, bottom, right + extra], dilation=attrs.dilation, groups=attrs.groups,
-                data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
-                out_dtype=attrs.out_dtype))
-            self.rewritten += 1
-        else:
-            args = [self.wide[arg] if arg in self.wide else self.visit_expr(arg) for arg in call.args]
-            value = emit(relax.Call(call.op, args, call.attrs, call.ty_args))
-        self.wide[var] = value
-        if var in self.end:
-            width = _shape(var)[3]
-            cropped = relax.op.strided_slice(value, axes=[3], begin=[0], end=[width])
-            self.builder_.emit_normalized(relax.VarBinding(var, self.builder_.normalize(cropped)))
-
-
 def widen_depthwise_rows(mod: tvm.IRModule, lanes: int = DEPTHWISE_LANES) -> tuple[tvm.IRModule, int]:
     """Rewrite every qualifying 8-bit stride-1 depthwise conv of ``mod`` (module docstring) to
     output rows of a multiple of ``lanes`` columns. Returns (module, convs rewritten); ``mod``
     itself is not modified."""
-    rewritten = 0
-    updates = {}
-    for gvar, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        chains = elementwise_epilogue_chains(func, function_bindings(func), lambda call, b: _takes(call, b, lanes))
-        if not chains:
-            continue
-        rewriter = _WidenRewriter(mod, chains, lanes)
-        updates[gvar] = rewriter.visit_expr(func)
-        rewritten += rewriter.rewritten
-    return with_functions(mod, updates), rewritten
+
+    def run_conv(emit, call, visit):
+        attrs = call.attrs
+        out_width = _shape(call)[3]
+        extra = -(-out_width // lanes) * lanes - out_width
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        return emit(relax.op.nn.conv2d(
+            visit(call.args[0]), visit(call.args[1]), strides=attrs.strides,
+            padding=[top, left, bottom, right + extra], dilation=attrs.dilation, groups=attrs.groups,
+            data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+            out_dtype=attrs.out_dtype))
+
+    def crop(emit, value, var):
+        return relax.op.strided_slice(value, axes=[3], begin=[0], end=[_shape(var)[3]])
+
+    return rewrite_conv_epilogue_chains(mod, lambda call, b: _takes(call, b, lanes), run_conv, crop)
