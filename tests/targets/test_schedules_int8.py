@@ -243,6 +243,27 @@ def test_conv2d_u8i8_bit_exact(c, h, f, k, stride, pad, requant):
         assert rule == NO_VNNI_CONV
 
 
+@pytest.mark.parametrize("c,h,f,k,pad,pixels", [(16, 12, 32, 3, 1, 12), (64, 14, 32, 1, 0, 14), (32, 7, 32, 3, 1, 7),
+                                                 (16, 3, 16, 3, 1, None)],
+                         ids=["3x3-w12", "1x1-196px", "3x3-w7", "w3-gather"])
+def test_vnni_conv_pack_is_a_byte_transpose(c, h, f, k, pad, pixels):
+    """On VNNI targets the NCHW4c data pack of Conv2dInt8VNNI interleaves runs of P pixels x 4
+    channels with the transpose intrinsic (common.transposing_copy; the zero border a separate
+    fill; a width without a divisor of at least 4 keeps the per-pixel gather); the AVX2 rules keep
+    the gather. Bit-exact on a VNNI host."""
+    mod, x, ref = conv_case(c, h, f, k, 1, pad, True, seed=4)
+    for mcpu, transposed in (("znver4", pixels is not None), ("znver3", False)):
+        scheduled, report = schedule(mod, host_target(mcpu))
+        assert set(report.scheduled.values()) == {(conv2d_int8.Conv2dInt8VNNI if mcpu == "znver4" else conv2d_int8.Conv2dInt8AVX2).name}
+        script = "\n".join(fn.script() for _, fn in scheduled.functions_items() if isinstance(fn, tvm.tirx.PrimFunc))
+        assert ("T.Shuffle" in script) == transposed, mcpu
+        if transposed:
+            assert f"(T.int64(4), T.int64(1), T.int64({pixels})), \"uint8\"" in script  # the intrinsic's A
+    if HOST_VNNI:
+        y, report, _ = compile_and_run(mod, x)
+        assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+
+
 @pytest.mark.parametrize(
     "m,k,n,transposed",
     [(24, 64, 48, False), (1, 128, 32, False), (16, 96, 64, True)],
@@ -386,8 +407,8 @@ def test_conv2d_wide_tiles_bit_exact(c, h, f, k, stride, pad):
     mod, x, ref = conv_case(c, h, f, k, stride, pad, requant=True, seed=4)
     y, report, asm = compile_and_run(mod, x)
     assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
-    if HOST_VNNI:
-        assert only_rule(report) == conv2d_int8.Conv2dInt8VNNI.name
+    if HOST_VNNI:  # a 1x1 conv on whole 16-pixel vectors goes to the VNNI pixel rule
+        assert only_rule(report) == ("conv1x1-int8-vnni" if k == 1 else conv2d_int8.Conv2dInt8VNNI.name)
         assert "vpdpbusd" in asm
 
 
