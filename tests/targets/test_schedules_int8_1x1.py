@@ -141,14 +141,15 @@ VNNI_PIXELS = conv1x1_int8.Conv1x1Int8PixelsVNNI.name
 @pytest.mark.parametrize(
     "c,h,f,expected",
     [(16, 16, 32, VNNI_PIXELS), (24, 8, 24, VNNI_PIXELS), (144, 8, 24, VNNI_PIXELS),
-     (64, 8, 32, conv2d_int8.Conv2dInt8VNNI.name), (16, 14, 96, conv2d_int8.Conv2dInt8VNNI.name),
-     (16, 16, 32, None)],
-    ids=["expansion", "f24", "projection-f24", "projection-f32", "196px", "avx2-target"],
+     (64, 8, 32, VNNI_PIXELS), (16, 14, 96, conv2d_int8.Conv2dInt8VNNI.name),
+     (320, 8, 32, conv2d_int8.Conv2dInt8VNNI.name), (16, 16, 32, None)],
+    ids=["expansion", "f24", "projection-f24", "projection-f32", "196px", "c320", "avx2-target"],
 )
 def test_vnni_pixel_rule_claims(c, h, f, expected):
-    """On VNNI targets the pixel rule takes expansions (C < 2F) and F % 16 != 0 when H*W % 16 == 0;
-    projections with F % 16 == 0 and 14x14 images stay with the channel-vectorized rule; the VNNI
-    pixel rule never claims on an AVX2 target."""
+    """On VNNI targets the pixel rule takes every 1x1 stride-1 conv with H*W % 16 == 0 and
+    C <= MAX_CHANNELS, expansions and projections; 14x14 images (unless flat_pixels padded them)
+    and more input channels stay with the channel-vectorized rule; the VNNI pixel rule never
+    claims on an AVX2 target."""
     mcpu = "haswell" if expected is None else "znver4"
     claimed = _first_claim(conv_case(c, h, f, 1, 1, 0, False)[0], host_target(mcpu))
     if expected is None:
@@ -160,8 +161,8 @@ def test_vnni_pixel_rule_claims(c, h, f, expected):
 @needs_vnni
 @pytest.mark.parametrize(
     "c,h,f,requant",
-    [(16, 16, 96, True), (24, 8, 48, False), (144, 8, 24, True), (64, 32, 24, True)],
-    ids=["16to96-requant", "24to48", "144to24-requant", "64to24-chunked"],
+    [(16, 16, 96, True), (24, 8, 48, False), (144, 8, 24, True), (64, 32, 24, True), (192, 8, 32, True)],
+    ids=["16to96-requant", "24to48", "144to24-requant", "64to24-chunked", "192to32-requant"],
 )
 def test_vnni_pixel_rule_bit_exact(c, h, f, requant):
     mod, x, ref = conv_case(c, h, f, 1, 1, 0, requant, seed=12)

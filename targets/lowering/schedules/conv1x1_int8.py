@@ -41,9 +41,16 @@ saturate under that bound (common.AVX2_PIXEL_MADDUBS_INTRIN). Measured on Zen 3 
 the [N, C/4, H*W, 4] uint8 pack) against one output channel's 4 int8 weights broadcast as a 32-bit
 word, one ``vpdpbusd`` (common.VNNI_PIXEL_DOT_INTRIN), exact for any int8 weights; H*W % 16 == 0
 (build.prepare pads MobileNetV2's 14x14 expansions to 208 pixels, targets/lowering/flat_pixels.py).
-It precedes ``Conv2dInt8VNNI`` and takes expansions (C < 2F) and F % 16 != 0 (see its
-``_claims`` for the per-layer measurements): MobileNetV2 int8, one Sapphire Rapids-class core,
-whole model 6.36 -> 5.11 ms (ONNX Runtime int8 3.30 ms in the same run).
+It precedes ``Conv2dInt8VNNI`` and takes every 1x1 conv ``takes`` accepts. With the per-byte
+data pack it took only expansions (C < 2F) and F % 16 != 0 (MobileNetV2 int8, one Sapphire
+Rapids-class core, whole model 6.36 -> 5.11 ms; the projections 32->16 @112 0.193 vs 0.144 ms and
+192->32 @28 0.052 vs 0.036 were faster on the channel-vectorized rule). With the byte-transposing
+pack (common.transposing_copy) the projections gain too, measured on one Zen 4 core, single
+layers interleaved, ms, ``Conv2dInt8VNNI`` (itself with a transposing pack) -> this rule: 32->16
+@112 0.235 -> 0.120, 144->32 @28 0.038 -> 0.027, 192->32 @28 0.045 -> 0.034, 96->32 @56 0.108 ->
+0.094. Above ``MAX_CHANNELS``, or on flat_pixels' padded rows for projections (384->64 and
+576->96 @14, 960->160 and 960->320 @7), it was no faster (0.036 vs 0.035, 0.066 vs 0.064, 0.046
+vs 0.050, 0.085 vs 0.099), so those stay with ``Conv2dInt8VNNI``.
 """
 
 from __future__ import annotations
@@ -203,14 +210,3 @@ class Conv1x1Int8PixelsVNNI(Conv1x1Int8PixelsAVX2):
 
     def register_pixel_intrinsic(self) -> str:
         return common.register_vnni_pixel_intrinsic()
-
-    def _claims(self, func, sch, conv, reads, dims) -> bool:
-        # Expansions (C < 2F), whose short reduction makes the channel-vectorized rule's
-        # transposing write-back dominate, and F % 16 != 0, which that rule cannot take (the
-        # alternative is the fp32-style Conv2dDirect). Measured on one Sapphire Rapids-class core,
-        # ms, this rule vs Conv2dInt8VNNI / Conv2dDirect: 16->96 @112 0.36 / 0.67, 24->144 @56
-        # 0.15 / 0.30, 32->192 @28 0.054 / 0.111, 64->64 @56 0.139 / 0.146, 144->24 @56 0.178 /
-        # 0.191 (direct), 96->24 @56 0.135 / 0.133 (direct); the projections with C >= 2F and
-        # F % 16 == 0 stay with Conv2dInt8VNNI (32->16 @112 0.193 / 0.144, 192->32 @28 0.052 / 0.036).
-        N, F, OH, OW, C, KH, KW = dims
-        return C < 2 * F or F % common.VNNI_LANES != 0
