@@ -12,8 +12,9 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
                                multiply on x86 before AVX-512DQ)
     flat_pixels                (x86 AVX2, AVX-512 VNNI) 8-bit 1x1 expansions on 14x14-like images as convs over a
                                flat pixel row padded to whole 8-pixel vectors (pixel-vectorized rule)
-    wide_rows                  (x86 AVX2 without VNNI) 8-bit stride-1 depthwise convs with 14/28-wide
-                               rows on rows padded to whole 8-lane vectors, cropped after the epilogue
+    wide_rows                  (x86 AVX2, AVX-512 VNNI) 8-bit stride-1 depthwise convs with rows that
+                               are not whole int32 vectors (14/28 columns on AVX2, 28/56 with
+                               AVX-512) on rows padded to whole vectors, cropped after the epilogue
     signed_activations         (AArch64 with sdot) uint8 x int8 convs/matmuls as int8 x int8 with
                                a constant correction, exact (sdot multiplies int8 by int8 only)
     zero pipeline              LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
@@ -70,9 +71,11 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         if pixel_lanes:
             with lowering_step("1x1 expansions on a flat pixel row (flat_pixels)"):
                 mod, _ = flat_pixels.flatten_small_image_expansions(mod, pixel_lanes)
-        if schedules.common.has_avx2_int8(tvm_target):
+        row_lanes = (wide_rows.AVX2_ROW_LANES if schedules.common.has_avx2_int8(tvm_target)
+                     else wide_rows.VNNI_ROW_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
+        if row_lanes:
             with lowering_step("stride-1 8-bit depthwise convs on whole-vector rows (wide_rows)"):
-                mod, _ = wide_rows.widen_depthwise_rows(mod)
+                mod, _ = wide_rows.widen_depthwise_rows(mod, row_lanes)
         if schedules.common.has_arm_dotprod(tvm_target):
             with lowering_step("int8 activations for sdot (signed_activations)"):
                 mod, _ = signed_activations.shift_uint8_activations(mod)

@@ -5,7 +5,7 @@ Two loop nests, chosen by the output width (V SIMD lanes):
 Channel-blocked, for depthwise convs (one input channel per output channel, channels a multiple
 of V) that are float with short output rows (OW < 4V with AVX2's V = 8: MobileNetV2's 28/14/7-wide
 layers; OW < V = 16 with AVX-512; ``float_channel_blocked_width``) or
-8-bit integer (u8 x i8 -> int32) with a column stride > 1 or, on AVX2, rows under 8 columns
+8-bit integer (u8 x i8 -> int32) with a column stride > 1 or, on x86, rows under 8 columns
 (``int8_channel_blocked``):
 
     padded copy: parallel(n, c/V, h) x -> pad[n, c/V, H+2p, W+2p, V]   (NCHW{V}c, zero border;
@@ -79,12 +79,14 @@ def float_channel_blocked_width(lanes: int) -> int:
 
 def int8_channel_blocked(out_width: int, stride: int, lanes: int) -> bool:
     """Whether an 8-bit (u8 x i8 -> int32) depthwise conv whose channels fill ``lanes``-wide int32
-    vectors takes the channel-blocked nest: any column stride > 1 (module docstring), and on AVX2
-    (8 lanes) stride-1 rows shorter than one vector, which ``DepthwiseInt8``'s width form runs on
-    partial vectors. Measured on one Zen 3 core, single layers interleaved, width form ->
-    channel-blocked: 960 ch @7 0.184 -> 0.163 ms, 160 ch @7 0.025 -> 0.022 ms; at 14 and 28
-    columns the channel-blocked nest was no faster (and wide_rows.py widens those rows)."""
-    return stride > 1 or (lanes == 8 and out_width < lanes)
+    vectors takes the channel-blocked nest: any column stride > 1 (module docstring), and on x86
+    (8 or 16 lanes) stride-1 rows under 8 columns, which ``DepthwiseInt8``'s width form runs on
+    partial vectors. Measured, single layers interleaved, width form -> channel-blocked: one Zen 3
+    core (8 lanes) 960 ch @7 0.184 -> 0.163 ms, 160 ch @7 0.025 -> 0.022 ms; one Zen 4 core (16
+    lanes) 960 ch @7 0.082 -> 0.058 ms. Rows of 14 and 28 columns were no faster channel-blocked
+    on either (Zen 4: 576 ch @14 0.081 -> 0.091, 384 ch @14 0.053 -> 0.061, 192 ch @28 0.094 ->
+    0.116 ms); wide_rows.py widens the rows that are longer than one vector instead."""
+    return stride > 1 or (lanes >= 8 and out_width < 8)
 
 
 class GroupConv2d(common.ScheduleRule):
