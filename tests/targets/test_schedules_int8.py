@@ -243,7 +243,7 @@ def test_conv2d_u8i8_bit_exact(c, h, f, k, stride, pad, requant):
         assert rule == NO_VNNI_CONV
 
 
-@pytest.mark.parametrize("c,h,f,k,pad,pixels", [(16, 12, 32, 3, 1, 12), (64, 14, 32, 1, 0, 14), (32, 7, 32, 3, 1, 7),
+@pytest.mark.parametrize("c,h,f,k,pad,pixels", [(16, 12, 32, 3, 1, 4), (64, 14, 32, 1, 0, 14), (32, 7, 32, 3, 1, 7),
                                                  (16, 3, 16, 3, 1, None)],
                          ids=["3x3-w12", "1x1-196px", "3x3-w7", "w3-gather"])
 def test_vnni_conv_pack_is_a_byte_transpose(c, h, f, k, pad, pixels):
@@ -483,12 +483,12 @@ def test_strided_depthwise_u8i8_is_channel_blocked():
     assert any(f"(T.int64(1), T.int64(2), T.int64(20), T.int64(20), T.int64({lanes}))" in s for s in scripts)
 
 
-@pytest.mark.parametrize("h,batch,pixels", [(32, 1, 16), (28, 1, 14), (14, 2, 14), (7, 1, 7), (17, 1, None)],
+@pytest.mark.parametrize("h,batch,pixels", [(32, 1, 16), (28, 1, 4), (14, 2, 14), (7, 1, 7), (17, 1, None)],
                          ids=["w32", "w28", "w14-batch2", "w7", "w17-gather"])
 def test_strided_depthwise_u8i8_copy_is_a_byte_transpose(h, batch, pixels):
     """The NCHW{V}c copy of a strided u8 depthwise conv interleaves runs of P pixels x V channels
-    with the transpose intrinsic (P the largest divisor of the width up to 16; a width with none
-    of at least 4 keeps the per-pixel gather); bit-exact either way, batched included."""
+    with the transpose intrinsic (P from common.transpose_run_pixels; a width with no divisor of
+    at least 4 keeps the per-pixel gather); bit-exact either way, batched included."""
     target = host_target()
     lanes = common.vector_lanes(target, "int32")
     mod, x, ref = depthwise_case(2 * lanes, h, 3, 2, 1, True, seed=7, batch=batch)
@@ -502,6 +502,13 @@ def test_strided_depthwise_u8i8_copy_is_a_byte_transpose(h, batch, pixels):
     else:
         assert "T.Shuffle" in script
         assert f"(T.int64({lanes}), T.int64(1), T.int64({pixels})), \"uint8\"" in script  # the intrinsic's A
+
+
+def test_transpose_runs_prefer_whole_power_of_two_rows():
+    """Rows split into 16/8/4-pixel runs when such a power of two divides them, else the largest
+    divisor up to 16 (below 4: no transpose)."""
+    widths = {112: 16, 56: 8, 28: 4, 12: 4, 14: 14, 7: 7, 21: 7, 17: 1, 6: 6}
+    assert {w: common.transpose_run_pixels(w) for w in widths} == widths
 
 
 def test_depthwise_rule_declines_float_and_grouped():
