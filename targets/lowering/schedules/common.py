@@ -239,7 +239,9 @@ def transpose_run_pixels(width: int) -> int:
     assembled from 8-, 4- and 2-byte pieces (vmovq + vpinsrd + vpinsrw per channel row).
     Measured on one Zen 4 core (16 planes, strided int8 depthwise), single layers interleaved:
     144 ch 56->28 P 14 -> 8 0.116 -> 0.102 ms, 192 ch 28->14 P 14 -> 4 0.040 -> 0.037 ms; the
-    4-plane packs of the VNNI conv rules within 1% (24->144 1x1 @56, 3x3 64 ch @56, 128 ch @28)."""
+    4-plane packs of the VNNI conv rules within 1% (24->144 1x1 @56, 3x3 64 ch @56, 128 ch @28).
+    The AVX2 code (8 planes, a znver3 target run on the same core): 0.152 -> 0.140 and 0.054 ->
+    0.050 ms on those two layers, the maddubs pixel rule's packs within 1%."""
     power = next((p for p in (16, 8, 4) if width % p == 0), None)
     return power if power is not None else largest_divisor(width, 16)
 
