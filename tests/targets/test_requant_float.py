@@ -142,7 +142,12 @@ def test_int32_form_equals_int64_chain():
         product = clamped * int(narrow["M"][ch]) + int(narrow["half"][ch])
         assert product.min() >= -(1 << 31) and product.max() < 1 << 31  # no int32 overflow
         q = (product.astype(np.int32) >> np.int32(narrow["S"][ch])) + np.int32(narrow["zp"][ch])
-        assert np.array_equal(np.clip(q, lo, hi), _int64_chain(a, int(m[ch]), 22, zp, lo, hi)), ch
+        want = _int64_chain(a, int(m[ch]), 22, zp, lo, hi)
+        assert np.array_equal(np.clip(q, lo, hi), want), ch
+        # the output zero point folded into the rounding term: one add, still inside int32
+        folded = clamped * int(narrow["M"][ch]) + int(narrow["offset"][ch])
+        assert folded.min() >= -(1 << 31) and folded.max() < 1 << 31
+        assert np.array_equal(np.clip(folded.astype(np.int32) >> np.int32(narrow["S"][ch]), lo, hi), want), ch
     # 30-bit multipliers overflow int32 after the clamp: no int32 form (the float64 one stays)
     wide = float_requant_constants(*_emit_constants(np.array([1 << 29]), np.array([38]), zp), lo, hi)
     assert wide is not None and "int32" not in wide
@@ -157,6 +162,24 @@ def test_rewrite_uses_int32_lanes_when_products_fit():
     assert [str(call.ty.dtype) for call in shifts] == ["int32"]
     assert "relax.floor" not in {call.op.name for call in calls}
     _assert_same_outputs(mod, rewritten)
+
+
+def test_zero_point_folds_into_the_rounding_term_only_where_it_fits():
+    """``(x + 2^(S-1) + zp 2^S) >> S`` replaces ``((x + 2^(S-1)) >> S) + zp`` when the clamped
+    product plus that offset stays inside int32 (the rewritten module has one add after the
+    multiply, bit-exact); a zero point whose offset would overflow keeps the separate add."""
+    from targets.lowering.requant_float import _int32_tail_constants
+
+    mod = _requant_conv(shift=22, multipliers=(1 << 11, 1 << 14))
+    rewritten, count, _ = rewrite_requant_chains(mod)
+    assert count == 1
+    names = [call.op.name for call in _calls(rewritten)]
+    tail = names[names.index("relax.multiply"):]
+    assert tail.count("relax.add") == 1 and tail.index("relax.add") < tail.index("relax.right_shift")
+    _assert_same_outputs(mod, rewritten)
+    s = np.array([22, 22], dtype=object)
+    assert _int32_tail_constants(s, np.array([3, 117], dtype=object), np.array([1 << 29, 1 << 29], dtype=object))["offset"] is not None
+    assert _int32_tail_constants(s, np.array([3, 600], dtype=object), np.array([1 << 29, 1 << 29], dtype=object))["offset"] is None
 
 
 def test_rewrite_keeps_inexact_chains():
@@ -222,6 +245,9 @@ def test_branch_int32_form_equals_int64_chain():
     want = np.clip(np.array([((p + (1 << (s - 1))) >> s) + zp for p in exact]), lo, hi)
     assert np.array_equal(got, want)
     assert 0 < np.count_nonzero((want > lo) & (want < hi))
+    folded = total - int(narrow["half"]) + int(narrow["offset"])
+    assert folded.min() >= -(1 << 31) and folded.max() < 1 << 31
+    assert np.array_equal(np.clip(folded.astype(np.int32) >> np.int32(narrow["S"]), lo, hi), want)
     # the default (30-bit) multipliers overflow int32: float64 form only
     (m_a, m_b), s = shared_shift_multipliers([0.83, -1.21])
     _, r, ss, z = _emit_constants(np.array(1), np.array(s), zp)
