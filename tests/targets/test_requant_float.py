@@ -74,9 +74,10 @@ def test_float_form_declines_what_it_cannot_represent():
     assert float_requant_constants(*big, 0, 255) is None
 
 
-def _requant_conv(shift: int, multipliers: tuple[int, int] = (1 << 29, 1 << 30)):
-    """conv2d u8 x i8 + bias, then emit.py's int64 requantizer with one shift for all channels and
-    multipliers drawn from ``multipliers``."""
+def _requant_conv(shift: int, multipliers: tuple[int, int] = (1 << 29, 1 << 30), bias: int = 0):
+    """conv2d u8 x i8 [+ bias, - a zero-point correction, both int32 constants drawn from
+    +-``bias``], then emit.py's int64 requantizer with one shift for all channels and multipliers
+    drawn from ``multipliers``."""
     rng = np.random.default_rng(shift)
     f = 16
     w = rng.integers(-127, 128, size=(f, 8, 3, 3)).astype(np.int8)
@@ -87,6 +88,10 @@ def _requant_conv(shift: int, multipliers: tuple[int, int] = (1 << 29, 1 << 30))
     with bb.function("main", [xv]):
         with bb.dataflow():
             acc = bb.emit(relax.op.nn.conv2d(xv, relax.const(w, "int8"), padding=1, out_dtype="int32"))
+            if bias:
+                correction = rng.integers(-bias, bias + 1, size=(1, f, 1, 1)).astype(np.int32)
+                acc = bb.emit(relax.op.subtract(acc, relax.const(correction, "int32")))
+                acc = bb.emit(relax.op.add(acc, relax.const(rng.integers(-bias, bias + 1, size=(f, 1, 1)).astype(np.int32), "int32")))
             p = bb.emit(relax.op.multiply(relax.op.astype(acc, "int64"), relax.const(m, "int64")))
             p = bb.emit(relax.op.add(p, relax.const(r, "int64")))
             u = bb.emit(relax.op.right_shift(relax.op.astype(p, "uint64"), relax.const(s, "uint64")))
@@ -106,16 +111,17 @@ def _run(mod, x):
     return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def _assert_same_outputs(mod, rewritten):
+def _assert_same_outputs(mod, rewritten, unclamped: bool = True):
     """``_requant_conv``'s module and its rewrite give identical bytes on random inputs and on the
-    all-255 input, with outputs that are not all clamped (so the arithmetic is tested)."""
+    all-255 input, with outputs that are not all clamped (so the arithmetic is tested) unless
+    ``unclamped`` is False."""
     for seed in range(3):
         x = np.random.default_rng(seed).integers(0, 256, size=(1, 8, 16, 16)).astype(np.uint8)
         if seed == 2:
             x[:] = 255
         want, got = _run(mod, x), _run(rewritten, x)
         assert np.array_equal(want, got)
-        assert 0 < np.count_nonzero((want > 0) & (want < 200))  # not all clamped: the case tests the arithmetic
+        assert not unclamped or 0 < np.count_nonzero((want > 0) & (want < 200))  # not all clamped: the arithmetic is tested
 
 
 def test_rewrite_is_bit_exact_end_to_end():
@@ -180,6 +186,50 @@ def test_zero_point_folds_into_the_rounding_term_only_where_it_fits():
     s = np.array([22, 22], dtype=object)
     assert _int32_tail_constants(s, np.array([3, 117], dtype=object), np.array([1 << 29, 1 << 29], dtype=object))["offset"] is not None
     assert _int32_tail_constants(s, np.array([3, 600], dtype=object), np.array([1 << 29, 1 << 29], dtype=object))["offset"] is None
+
+
+@pytest.mark.parametrize("bias,folded", [(20000, True), (1 << 26, False)], ids=["bias-folded", "bias-too-large"])
+def test_constant_offsets_fold_into_the_clamp_and_rounding_term(bias, folded):
+    """conv + bias - correction, then the int32 requantizer: the offsets move into the clamp
+    bounds and the rounding term (no add/subtract left between the conv and the clamp), unless
+    the shifted bounds' products would leave int32; bit-exact both ways."""
+    mod = _requant_conv(shift=22, multipliers=(1 << 11, 1 << 14), bias=bias)
+    rewritten, count, _ = rewrite_requant_chains(mod)
+    assert count == 1
+    names = [call.op.name for call in _calls(rewritten)]
+    before_clamp = names[names.index("relax.nn.conv2d") + 1 : names.index("relax.maximum")]
+    assert (before_clamp == []) == folded, names
+    _assert_same_outputs(mod, rewritten, unclamped=folded)  # a 2^26 bias saturates every output
+
+
+def test_folded_offsets_equal_the_clamped_chain_on_every_reachable_accumulator():
+    """fold_accumulator_offsets against the unfolded int32 form on a dense probe of p around the
+    shifted clamp points and the ends of p's reachable range; declines when |p| + |c| could wrap."""
+    from targets.lowering.requant_float import fold_accumulator_offsets
+
+    rng = np.random.default_rng(3)
+    channels, zp, lo, hi = 8, 3, 0, 255
+    m = rng.integers(1 << 9, 1 << 12, channels)
+    consts = float_requant_constants(*_emit_constants(m, np.full(channels, 22), zp), lo, hi)
+    offsets = rng.integers(-300000, 300000, channels).astype(np.int64)
+    magnitude = np.full(channels, 9 * 8 * 255 * 128, np.int64)
+    folded = fold_accumulator_offsets(consts, offsets, magnitude)
+    assert folded is not None
+    narrow = consts["int32"]
+    for ch in range(channels):
+        window = np.arange(-2000, 2000)
+        p = np.concatenate([int(folded["A_lo"][ch]) + window, int(folded["A_hi"][ch]) + window,
+                            rng.integers(-magnitude[ch], magnitude[ch] + 1, 3000), [-magnitude[ch], magnitude[ch]]])
+        p = np.clip(p, -magnitude[ch], magnitude[ch]).astype(np.int64)
+        a = np.clip(p + offsets[ch], int(consts["A_lo"][ch]), int(consts["A_hi"][ch]))
+        want = np.clip((a * int(narrow["M"][ch]) + int(narrow["offset"][ch])) >> 22, lo, hi)
+        a_folded = np.clip(p, int(folded["A_lo"][ch]), int(folded["A_hi"][ch]))
+        product = a_folded * int(narrow["M"][ch])
+        assert np.abs(product).max() < 1 << 31
+        got = np.clip((product + int(folded["offset"][ch])) >> 22, lo, hi)
+        assert np.array_equal(got, want), ch
+        assert 0 < np.count_nonzero((want > lo) & (want < hi))
+    assert fold_accumulator_offsets(consts, offsets, np.full(channels, (1 << 31) - 1000, np.int64)) is None
 
 
 def test_rewrite_keeps_inexact_chains():
