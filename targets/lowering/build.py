@@ -66,16 +66,15 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
                 mod, _ = strided_pointwise.subsample_strided_pointwise(mod)
             with lowering_step("float64 requantization (requant_float)"):
                 mod, _, _ = requant_float.rewrite_requant_chains(mod)
-        pixel_lanes = (schedules.common.AVX2_LANES if schedules.common.has_avx2_int8(tvm_target)
-                       else schedules.common.VNNI_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
-        if pixel_lanes:
+        # int32 lanes of the x86 int8 rules' vectors (8 on AVX2 without VNNI, 16 with AVX-512
+        # VNNI; 0 elsewhere): the pixel vector of flat_pixels and the row vector of wide_rows
+        int8_lanes = (schedules.common.AVX2_LANES if schedules.common.has_avx2_int8(tvm_target)
+                      else schedules.common.VNNI_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
+        if int8_lanes:
             with lowering_step("1x1 expansions on a flat pixel row (flat_pixels)"):
-                mod, _ = flat_pixels.flatten_small_image_expansions(mod, pixel_lanes)
-        row_lanes = (wide_rows.AVX2_ROW_LANES if schedules.common.has_avx2_int8(tvm_target)
-                     else wide_rows.VNNI_ROW_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
-        if row_lanes:
+                mod, _ = flat_pixels.flatten_small_image_expansions(mod, int8_lanes)
             with lowering_step("stride-1 8-bit depthwise convs on whole-vector rows (wide_rows)"):
-                mod, _ = wide_rows.widen_depthwise_rows(mod, row_lanes)
+                mod, _ = wide_rows.widen_depthwise_rows(mod, int8_lanes)
         if schedules.common.has_arm_dotprod(tvm_target):
             with lowering_step("int8 activations for sdot (signed_activations)"):
                 mod, _ = signed_activations.shift_uint8_activations(mod)

@@ -39,13 +39,9 @@ from tvm import relax
 
 from targets.lowering.integer_ops import _constant, _dtype, _shape
 from targets.lowering.relax_rewrites import rewrite_conv_epilogue_chains, static_shape
+from targets.lowering.schedules.common import AVX2_LANES
 
 __all__ = ["widen_depthwise_rows"]
-
-#: int32 lanes of the vector that the output rows are padded to a multiple of: AVX2, AVX-512
-AVX2_ROW_LANES = 8
-VNNI_ROW_LANES = 16
-
 
 def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     """True for a u8 x constant-i8 -> i32 stride-1 NCHW depthwise conv (groups == C == F, weight
@@ -67,9 +63,9 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     return out_width > lanes and out_width % lanes != 0
 
 
-def widen_depthwise_rows(mod: tvm.IRModule, lanes: int = AVX2_ROW_LANES) -> tuple[tvm.IRModule, int]:
+def widen_depthwise_rows(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
     """Rewrite every qualifying 8-bit stride-1 depthwise conv of ``mod`` (module docstring) to
-    output rows of a multiple of ``lanes`` columns. Returns (module, convs rewritten); ``mod``
+    output rows of a multiple of ``lanes`` int32 columns (8 on AVX2, 16 with AVX-512). Returns (module, convs rewritten); ``mod``
     itself is not modified."""
 
     def run_conv(emit, call, visit):

@@ -12,7 +12,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from targets.lowering import wide_rows  # noqa: E402
-from targets.lowering.schedules import depthwise_int8  # noqa: E402
+from targets.lowering.schedules import common, depthwise_int8  # noqa: E402
 from tests.targets.test_schedules_int8 import (  # noqa: E402
     _host_has_avx2, build_prepared, compile_and_run, conv_case, depthwise_case, host_target,
 )
@@ -47,8 +47,6 @@ def test_prepared_widened_depthwise_stays_on_the_depthwise_rule():
     """Through build.prepare (which applies the rewrite on x86 hosts with AVX2: 14 columns widened
     to 16 without VNNI, 28 to 32 with AVX-512 VNNI) the conv is still DepthwiseInt8's, with the
     crop fused into the same function; bit-exact."""
-    from targets.lowering.schedules import common
-
     width = 28 if common.has_avx512_vnni(host_target()) else 14
     mod, x, ref = depthwise_case(16, width, 3, 1, 1, True, seed=9)
     executable, report = build_prepared(mod, host_target())
@@ -91,5 +89,5 @@ def test_rewrite_leaves_other_convs_alone(case):
 def test_avx512_rows_of_one_partial_vector_are_left_alone():
     """With 16 lanes a 14-wide row (one partial vector, measured no faster widened) is kept."""
     mod = depthwise_case(16, 14, 3, 1, 1, True)[0]
-    rewritten, count = wide_rows.widen_depthwise_rows(mod, wide_rows.VNNI_ROW_LANES)
+    rewritten, count = wide_rows.widen_depthwise_rows(mod, common.VNNI_LANES)
     assert count == 0 and rewritten is mod
