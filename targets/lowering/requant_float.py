@@ -76,6 +76,7 @@ __all__ = ["float_branch_constants", "float_requant_constants", "rewrite_requant
 
 _OFFSET_BITS = 62  # passes/quantize/emit.py's non-negativity offset
 _EXACT_BITS = 53  # float64 significand
+_8BIT_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}  # (min, max) of the 8-bit activations
 
 
 def _tail_constants(r, s, z) -> np.ndarray | None:
@@ -109,7 +110,6 @@ def float_branch_constants(branches, r, s, z) -> dict | None:
     shape = s_b.shape
     out = {"Mf": [np.empty(shape, np.float64) for _ in branches], "zpf": [np.empty(shape, np.float64) for _ in branches],
            "Cf": np.empty(shape, np.float64)}
-    ranges = {"uint8": (0, 255), "int8": (-128, 127)}
     narrow = True
     magnitude = np.empty(shape, object)
     for index in np.ndindex(shape):
@@ -117,7 +117,7 @@ def float_branch_constants(branches, r, s, z) -> dict | None:
         half = 1 << (si - 1)
         products = 0
         for i, (dtype, _, _) in enumerate(branches):
-            qmin, qmax = ranges[dtype]
+            qmin, qmax = _8BIT_RANGES[dtype]
             mi, zpi = int(ms[i][index]), int(bzps[i][index])
             products += max(abs(qmin - zpi), abs(qmax - zpi)) * abs(mi)
             out["Mf"][i][index] = mi * 2.0**-si
@@ -200,7 +200,7 @@ def float_requant_constants(m, r, s, z, lo: int, hi: int) -> dict[str, np.ndarra
 def _dot_range(weight: np.ndarray, data_dtype: str, reduce_axes: tuple[int, ...]):
     """(lower, upper) of ``sum_k W_k x_k`` over every x of the 8-bit ``data_dtype``, per remaining
     index of ``weight`` (int64): each term lies between W_k dmin and W_k dmax."""
-    dmin, dmax = {"uint8": (0, 255), "int8": (-128, 127)}[data_dtype]
+    dmin, dmax = _8BIT_RANGES[data_dtype]
     w = weight.astype(np.int64)
     return np.minimum(w * dmin, w * dmax).sum(axis=reduce_axes), np.maximum(w * dmin, w * dmax).sum(axis=reduce_axes)
 
@@ -215,7 +215,7 @@ def product_magnitude(expr, bindings) -> np.ndarray | None:
         return None
     data_dtype = _dtype(expr.args[0])
     w = _constant(bindings.get(expr.args[1], expr.args[1]))
-    if w is None or data_dtype not in ("uint8", "int8"):
+    if w is None or data_dtype not in _8BIT_RANGES:
         return None
     if expr.op.name == "relax.nn.conv2d" and w.ndim == 4 and str(expr.attrs.data_layout) == "NCHW" \
             and str(expr.attrs.kernel_layout) == "OIHW" and str(expr.attrs.out_layout) == "NCHW":
@@ -233,8 +233,9 @@ def constant_offsets(expr, bindings):
     offset; (expr, None) when there is none."""
     total = None
     while True:
-        call = bindings.get(expr, expr)
-        if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.add", "relax.subtract")):
+        call = _call(expr, "relax.add", bindings)
+        call = call if call is not None else _call(expr, "relax.subtract", bindings)
+        if call is None:
             return expr, total
         c = _constant(bindings.get(call.args[1], call.args[1]))
         if c is None or c.dtype != np.int32:
