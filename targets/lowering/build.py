@@ -10,8 +10,9 @@ Pipeline (shared/research/tvm-0.27.md, recommendation 2):
     requant_float              (x86) the int64 requantizer chains of the integer-only form as the
                                exact float64 computation (requant_float.py: no 64-bit vector
                                multiply on x86 before AVX-512DQ)
-    flat_pixels                (x86 AVX2, AVX-512 VNNI) 8-bit 1x1 expansions on 14x14-like images as convs over a
-                               flat pixel row padded to whole 8-pixel vectors (pixel-vectorized rule)
+    flat_pixels                (x86 AVX2, AVX-512 VNNI) 8-bit 1x1 convs on 14x14- and 7x7-like images as
+                               convs over a flat pixel row padded to whole 8- or 16-pixel vectors
+                               (pixel-vectorized rule; which convs per target: flat_pixels.POLICIES)
     wide_rows                  (x86 AVX2, AVX-512 VNNI) 8-bit stride-1 depthwise convs with rows that
                                are not whole int32 vectors (14/28 columns on AVX2, 28/56 with
                                AVX-512) on rows padded to whole vectors, cropped after the epilogue
@@ -71,8 +72,8 @@ def prepare(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         int8_lanes = (schedules.common.AVX2_LANES if schedules.common.has_avx2_int8(tvm_target)
                       else schedules.common.VNNI_LANES if schedules.common.has_avx512_vnni(tvm_target) else 0)
         if int8_lanes:
-            with lowering_step("1x1 expansions on a flat pixel row (flat_pixels)"):
-                mod, _ = flat_pixels.flatten_small_image_expansions(mod, int8_lanes)
+            with lowering_step("1x1 convs on a flat pixel row (flat_pixels)"):
+                mod, _ = flat_pixels.flatten_small_image_1x1(mod, int8_lanes)
             with lowering_step("stride-1 8-bit depthwise convs on whole-vector rows (wide_rows)"):
                 mod, _ = wide_rows.widen_depthwise_rows(mod, int8_lanes)
         if schedules.common.has_arm_dotprod(tvm_target):

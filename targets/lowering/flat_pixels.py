@@ -1,5 +1,5 @@
-"""8-bit 1x1 expansion convs on small images as convs over a flat, padded row of pixels (x86 AVX2
-and AVX-512 VNNI).
+"""8-bit 1x1 convs on small images as convs over a flat, padded row of pixels (x86 AVX2 and
+AVX-512 VNNI).
 
 The pixel-vectorized int8 rules (schedules/conv1x1_int8.py) take a 1x1 stride-1 conv over its
 flattened image in vectors of 8 pixels (16 with VNNI), and need H*W % 8 == 0 (% 16). MobileNetV2's 14x14 expansions
@@ -25,33 +25,58 @@ than before the rewrite).
 Measured on one Zen 3 core, in MobileNetV2 (the rewrite on vs off, lowered twice and timed in
 alternation, 60 runs each, kernels timed one by one): 64->384 @14 0.131 -> 0.092 ms, 96->576 @14
 0.233 -> 0.173 ms, the input pads 0.002 ms each; whole model int8-w7 8.82 -> 8.57-8.63 ms, int8
-11.22 -> 10.76-10.80 ms. Applied only where it was measured to pay: expansions (F > C, the layers
-whose short reduction makes the write-back dominate) with C <= conv1x1_int8.MAX_CHANNELS, a
-multiple of 4, and at least 64 pixels (at most 12% padding). 7x7 images (49 -> 56 pixels) are left alone: with
-MIN_PIXELS = 49 the 160->960 @7 kernel went 0.136 -> 0.123 ms, but the whole int8-w7 model only
-8.47-8.50 -> 8.38-8.43 ms (two A/B pairs), within this machine's noise. Targets: x86 AVX2
-without VNNI (``schedules.common.has_avx2_int8``, 8-pixel vectors) and AVX-512 VNNI (16-pixel
-vectors of ``conv1x1_int8.Conv1x1Int8PixelsVNNI``: 196 -> 208 pixels; measured on one Sapphire
-Rapids-class core, 64->384 @14 0.056 -> 0.037 ms, 96->576 @14 0.092-0.100 -> 0.065-0.067 ms).
+11.22 -> 10.76-10.80 ms.
+
+Which convs, per target (``POLICIES``, keyed by the pixel vector):
+
+* AVX2 without VNNI (``schedules.common.has_avx2_int8``, 8-pixel vectors): every such 1x1 conv
+  with C a multiple of 4 and at least 49 pixels (7x7 -> 56: at most 1/7 padding), projections and
+  any C included, since the AVX2 pixel rule takes any C. Measured on one Zen 3 core, single layers
+  interleaved, ms, channel-vectorized rule -> pixel rule on the padded row: 576->96 @14 0.307 ->
+  0.266, 384->64 @14 0.148 -> 0.130, 320->1280 @7 0.776 -> 0.637, 160->960 @7 0.381 -> 0.327,
+  960->160 @7 0.236 -> 0.219; whole MobileNetV2 int8 (40-80 interleaved runs, one pinned core,
+  outputs identical) fastest run 10.27 -> 9.62 ms and median 11.34 -> 10.37 ms. (Until 2026-12-08
+  it took only the expansions of at least 64 pixels with C <= 256: on 7x7 the 160->960 expansion
+  alone measured within noise for the whole int8-w7 model.)
+* AVX-512 VNNI (16-pixel vectors of ``conv1x1_int8.Conv1x1Int8PixelsVNNI``: 196 -> 208 pixels):
+  expansions (F > C) with C <= conv1x1_int8.MAX_CHANNELS and at least 64 pixels. Measured on one
+  Sapphire Rapids-class core, 64->384 @14 0.056 -> 0.037 ms, 96->576 @14 0.092-0.100 ->
+  0.065-0.067 ms; the projections (384->64 and 576->96 @14, 960->160 and 960->320 @7) measured no
+  faster on the padded rows (Zen 4, see conv1x1_int8).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import tvm
 from tvm import relax
 
 from targets.lowering.integer_ops import _shape
 from targets.lowering.relax_rewrites import rewrite_conv_epilogue_chains, u8_conv_weight
-from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH
+from targets.lowering.schedules.common import AVX2_LANES, MADDUBS_DEPTH, VNNI_LANES
 from targets.lowering.schedules.conv1x1_int8 import MAX_CHANNELS
 
-__all__ = ["flatten_small_image_expansions"]
+__all__ = ["flatten_small_image_1x1", "POLICIES"]
 
-# pixels of an image below which the padding to whole vectors is not worth it (see docstring)
-MIN_PIXELS = 64
+
+class Policy(NamedTuple):
+    """Which 1x1 convs a target's rewrite takes (module docstring)."""
+
+    min_pixels: int  # images below this many pixels are left alone (too much padding)
+    expansions_only: bool  # only F > C
+    max_channels: int | None  # at most this many input channels (None: any)
+
+
+POLICIES = {
+    AVX2_LANES: Policy(min_pixels=49, expansions_only=False, max_channels=None),
+    VNNI_LANES: Policy(min_pixels=64, expansions_only=True, max_channels=MAX_CHANNELS),
+}
+
 
 def _takes(call: relax.Call, bindings, lanes: int) -> bool:
-    """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW expansion conv this rewrite applies to."""
+    """True for a u8 x i8 -> i32 1x1 stride-1 unpadded NCHW conv this rewrite applies to on a
+    target with ``lanes``-pixel vectors (POLICIES)."""
     attrs = call.attrs
     if any(int(p) for p in attrs.padding) or any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation):
         return False
@@ -61,13 +86,16 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     shape = _shape(call.args[0])
     f, c, kh, kw = w.shape
     pixels = shape[2] * shape[3]
-    return ((kh, kw) == (1, 1) and f > c and c <= MAX_CHANNELS and c % MADDUBS_DEPTH == 0
-            and pixels % lanes != 0 and pixels >= MIN_PIXELS)
+    policy = POLICIES[lanes]
+    return ((kh, kw) == (1, 1) and c % MADDUBS_DEPTH == 0 and pixels % lanes != 0 and pixels >= policy.min_pixels
+            and (f > c or not policy.expansions_only)
+            and (policy.max_channels is None or c <= policy.max_channels))
 
 
-def flatten_small_image_expansions(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
-    """Rewrite every qualifying 8-bit 1x1 expansion conv of ``mod`` (module docstring) onto a row
-    of a multiple of ``lanes`` pixels (the pixel rule's vector: 8 on AVX2, 16 with VNNI). Returns
+def flatten_small_image_1x1(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
+    """Rewrite every qualifying 8-bit 1x1 conv of ``mod`` (module docstring, ``POLICIES[lanes]``)
+    onto a row of a multiple of ``lanes`` pixels (the pixel rule's vector: 8 on AVX2, 16 with
+    VNNI). Returns
     (module, convs rewritten); ``mod`` itself is not modified."""
 
     def run_conv(emit, call, visit):

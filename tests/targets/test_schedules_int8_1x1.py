@@ -126,13 +126,28 @@ def test_convinteger_with_activation_zero_point_exact(tmp_path):
 
 @pytest.mark.parametrize(
     "c,h,f,k,stride,pad",
-    [(16, 8, 32, 3, 1, 1), (16, 16, 32, 1, 2, 0), (16, 10, 32, 1, 1, 0), (258, 8, 16, 1, 1, 0)],
-    ids=["3x3", "1x1s2", "100px", "c258"],
+    [(16, 8, 32, 3, 1, 1), (16, 16, 32, 1, 2, 0), (16, 10, 32, 1, 1, 0)],
+    ids=["3x3", "1x1s2", "100px"],
 )
 def test_pixel_rule_declines(c, h, f, k, stride, pad):
-    """Not a 1x1 stride-1 conv, pixels not a multiple of 8, or too many input channels: the
-    channel-vectorized AVX2 rule takes it."""
+    """Not a 1x1 stride-1 conv, or pixels not a multiple of 8: the channel-vectorized AVX2 rule
+    takes it."""
     assert _first_claim(conv_case(c, h, f, k, stride, pad, False)[0], host_target("znver3")) == conv2d_int8.Conv2dInt8AVX2.name
+
+
+def test_pixel_rule_takes_any_number_of_input_channels():
+    """On AVX2 the pixel rule has no channel bound (MobileNetV2's 576->96 and 960->320 layers run
+    faster on it, see conv1x1_int8), unlike the VNNI rule's MAX_CHANNELS."""
+    for c in (264, 960):
+        assert _first_claim(conv_case(c, 8, 16, 1, 1, 0, False)[0], host_target("znver3")) == PIXELS
+
+
+def test_pixel_rule_many_input_channels_bit_exact():
+    """A 400-channel projection (the reduction longer than MAX_CHANNELS) on the AVX2 pixel rule."""
+    mod, x, ref = conv_case(400, 8, 24, 1, 1, 0, True, seed=13)
+    y, report, _ = compile_and_run(mod, x, target=avx2_target())
+    assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
+    assert only_rule(report) == PIXELS
 
 
 VNNI_PIXELS = conv1x1_int8.Conv1x1Int8PixelsVNNI.name

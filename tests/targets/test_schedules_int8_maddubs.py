@@ -45,12 +45,13 @@ MATMUL = matmul_int8.MatmulInt8AVX2.name
 @pytest.mark.parametrize(
     "c,h,f,k,stride,pad,rule",
     [(16, 12, 32, 3, 1, 1, MADDUBS), (4, 22, 64, 7, 2, 3, MADDUBS), (16, 13, 32, 3, 2, 1, MADDUBS),
-     (64, 7, 16, 1, 1, 0, MADDUBS), (96, 8, 24, 1, 1, 0, PIXELS_MADDUBS), (320, 8, 64, 1, 1, 0, MADDUBS)],
+     (64, 7, 16, 1, 1, 0, MADDUBS), (96, 8, 24, 1, 1, 0, PIXELS_MADDUBS), (320, 8, 64, 1, 1, 0, PIXELS_MADDUBS)],
     ids=["3x3s1p1", "7x7s2p3-stem", "3x3s2p1", "1x1-7x7-image", "1x1-projection", "1x1-over-256-channels"],
 )
 def test_maddubs_conv_bit_exact_for_seven_bit_weights(c, h, f, k, stride, pad, rule):
-    """1x1 convs on whole 8-pixel vectors with C <= 256 go to the pixel-vectorized vpmaddubsw
-    rule (projections included); the rest to the channel-vectorized one. All exact."""
+    """1x1 convs on whole 8-pixel vectors go to the pixel-vectorized vpmaddubsw rule (projections
+    and any number of input channels included); the rest to the channel-vectorized one. All
+    exact."""
     mod, x, ref = conv_case(c, h, f, k, stride, pad, True, seed=5, weight_bound=63)
     y, report, asm = compile_and_run(mod, x, target=avx2_target())
     assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"
@@ -78,14 +79,15 @@ def test_worst_case_pair_sums_and_the_bound(bound, rule):
 @pytest.mark.parametrize(
     "c,h,f,bound,rule",
     [(16, 16, 96, 63, PIXELS_MADDUBS), (24, 8, 48, 64, PIXELS_MADDUBS), (64, 16, 32, 63, PIXELS_MADDUBS),
-     (16, 16, 96, 65, PIXELS), (6, 8, 16, 63, PIXELS), (288, 8, 32, 63, MADDUBS), (64, 7, 32, 63, MADDUBS)],
+     (16, 16, 96, 65, PIXELS), (6, 8, 16, 63, PIXELS), (288, 8, 32, 63, PIXELS_MADDUBS), (64, 7, 32, 63, MADDUBS)],
     ids=["16to96-pixels", "24to48-bound64", "64to32-pixels", "bound65-vpmaddwd", "c6-not-multiple-of-4",
          "288to32-channels", "7x7-image-channels"],
 )
 def test_1x1_convs_split_between_the_pixel_and_channel_rules(c, h, f, bound, rule):
-    """1x1 convs on whole 8-pixel vectors with C <= 256, expansions and projections, are
-    pixel-vectorized (with vpmaddubsw when the weights allow it and C % 4 == 0); more input
-    channels or a partial pixel vector go to the channel-vectorized vpmaddubsw rule."""
+    """1x1 convs on whole 8-pixel vectors, expansions and projections, any C, are
+    pixel-vectorized (with vpmaddubsw when the weights allow it and C % 4 == 0); a partial pixel
+    vector goes to the channel-vectorized vpmaddubsw rule (build.prepare's flat_pixels pads such
+    images first; compile_and_run does not)."""
     mod, x, ref = conv_case(c, h, f, 1, 1, 0, True, seed=2, weight_bound=bound)
     y, report, asm = compile_and_run(mod, x, target=avx2_target())
     assert np.array_equal(y, ref), f"{np.count_nonzero(y != ref)} mismatches"

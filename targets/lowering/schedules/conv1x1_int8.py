@@ -28,7 +28,12 @@ the fp32 ``Conv2dDirect._schedule_pixels``:
 Exact: every product is u8 x i8 widened to int16, ``vpmaddwd`` sums two of them into int32
 (|2 * 255 * 128| < 2^31) and ``vpaddd`` accumulates; the ``vpmaddubsw`` saturation is excluded as
 in ``Conv2dInt8AVX2``. Claims x86 AVX2 targets without AVX-512 VNNI (``common.AVX2Dot``) and
-convs with C % 2 == 0, H*W % 8 == 0, C <= ``MAX_CHANNELS``; anything else goes on to the next rule.
+convs with C % 2 == 0 and H*W % 8 == 0, any number of input channels; anything else goes on to the
+next rule. On MobileNetV2's 384..960-channel layers (14x14 and 7x7 images, which flat_pixels pads
+to whole 8-pixel vectors on AVX2) it beats ``Conv2dInt8AVX2``'s 4x2 / 1x7 channel tiles: one Zen 3
+core, single layers interleaved, ms, 576->96 @14 0.307 -> 0.266, 384->64 @14 0.148 -> 0.130,
+320->1280 @7 0.776 -> 0.637, 160->960 @7 0.381 -> 0.327, 960->160 @7 0.236 -> 0.219 (until
+2026-12-08 the rule stopped at 256 channels, which had not been measured beyond).
 
 ``Conv1x1Int8PixelsAVX2Maddubs`` is the same nest for a constant weight within +-64
 (``--quantize int8-w7``): the data pack is [N, C/4, H*W, 4] uint8 (8 pixels x 4 channels = the 32
@@ -59,10 +64,8 @@ from targets.lowering.schedules import common
 from targets.lowering.schedules.conv2d import pixel_chunk_vectors
 from targets.lowering.schedules.conv2d_int8 import match_int8_conv
 
-# 1x1 convs with at most this many input channels take this rule. Measured on MobileNetV2 (Zen 3,
-# one core): every claimed layer got faster, C = 16 (2.7 -> 1.3 ms) up to C = 192 (0.19 -> 0.16 ms);
-# its 384..960-channel layers run on 14x14 and 7x7 images, which do not fill whole 8-pixel vectors,
-# so larger C was not measured and stays with ``Conv2dInt8AVX2``.
+# The VNNI pixel rule takes 1x1 convs with at most this many input channels (above it, measured no
+# faster than ``Conv2dInt8VNNI``, see the module docstring); the AVX2 rules take any C.
 MAX_CHANNELS = 256
 
 LANES = common.AVX2_LANES  # pixels per int32x8 accumulator
@@ -85,11 +88,12 @@ def choose_tile(pixel_vectors: int, out_channels: int, max_accumulators: int = 8
     return (best[1], best[2]) if best is not None else (1, 1)
 
 
-def takes(sch, conv, reads, dims, lanes: int = LANES, depth: int = DEPTH) -> bool:
+def takes(sch, conv, reads, dims, lanes: int = LANES, depth: int = DEPTH, max_channels: int | None = None) -> bool:
     """True if this rule claims the matched int8 conv (``match_int8_conv``'s result): 1x1, stride
-    1, no padding, C % depth == 0, C <= MAX_CHANNELS and H*W % lanes == 0 (2 and 8 on AVX2)."""
+    1, no padding, C % depth == 0, H*W % lanes == 0 (2 and 8 on AVX2) and, given ``max_channels``
+    (the VNNI rule's MAX_CHANNELS), C <= max_channels."""
     N, F, OH, OW, C, KH, KW = dims
-    if (KH, KW) != (1, 1) or C % depth or C > MAX_CHANNELS or (OH * OW) % lanes:
+    if (KH, KW) != (1, 1) or C % depth or (max_channels is not None and C > max_channels) or (OH * OW) % lanes:
         return False
     # A 1x1 kernel whose (padded) input image is as large as the output: stride 1 and no padding
     # (any stride > 1 or pad would make the image and the output differ).
@@ -104,7 +108,7 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
 
     def _match_and_schedule(self, func, target):
         matched = match_int8_conv(func)
-        if matched is None or not takes(*matched, self.lanes, self.depth) or not self._claims(func, *matched):
+        if matched is None or not takes(*matched, self.lanes, self.depth, self.max_channels) or not self._claims(func, *matched):
             return None
         sch, conv, reads, dims = matched
         return self._schedule(sch, func, conv, reads, dims)
@@ -116,6 +120,8 @@ class Conv1x1Int8PixelsAVX2(common.AVX2Dot, common.MatchingRule):
     # input channels per dot product, and whether the weight pack is widened to int16 (the
     # vpmaddwd form); the vpmaddubsw subclass takes 4 int8 channels
     depth, widen_weights = DEPTH, True
+    # the most input channels the rule takes (None: any; see MAX_CHANNELS)
+    max_channels: int | None = None
 
     def register_pixel_intrinsic(self) -> str:
         return common.register_avx2_pixel_intrinsic()
@@ -203,6 +209,7 @@ class Conv1x1Int8PixelsVNNI(Conv1x1Int8PixelsAVX2):
 
     name = "conv1x1-int8-vnni"
     lanes, depth, widen_weights = common.VNNI_LANES, common.VNNI_DEPTH, False
+    max_channels = MAX_CHANNELS
     max_accumulators = common.VNNIDot.max_accumulators
 
     def accepts(self, target) -> bool:

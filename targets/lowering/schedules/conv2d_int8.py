@@ -74,7 +74,7 @@ into int16) + ``vpmaddwd`` by ones + ``vpaddd`` (common.AVX2_MADDUBS_DOT_INTRIN)
 sums saturate only beyond 255 * 128, so with such weights the kernel is exact; the weight range is
 read off the constant (``common.constant_param_range``), never assumed. Same layers, ms: 1.88,
 1.54, 1.42, 1.33 (64..512 channels; the saturating ONNX Runtime kernel 1.76, 1.27, 1.25, 1.29); the
-stem is unchanged (3.41). 1x1 convs that ``Conv1x1Int8PixelsAVX2`` takes (C <= 256, whole
+stem is unchanged (3.41). 1x1 convs that ``Conv1x1Int8PixelsAVX2`` takes (whole
 8-pixel vectors) go there (its pixel-vectorized write-back and byte-transposed pack win).
 """
 
