@@ -7,11 +7,15 @@ Runtime's, in one run, one thread -- "what limits it, per op" for the latency go
 
 Ours: the model after the compile passes (``--quantize`` as ``compile`` does it, with the latency
 suite's calibration inputs), lowered for the ``cpu`` target and every kernel call timed in a Relax
-VM with an instrument hook (targets/calibrate_cost.measure_layers: medians over ``--runs`` runs in
-three alternating rounds; the whole-model median from an uninstrumented VM). ONNX Runtime: the same
-model (``--quantize``: ``quantize_static`` QDQ on the same calibration inputs, what the latency
-suite's ``onnxruntime_int8`` runs), all graph optimizations, its built-in per-node profiler, medians
-over the same number of runs. Both use one thread (``TVM_NUM_THREADS=1``, one intra-op thread).
+VM with an instrument hook (targets/calibrate_cost.measure_layers: medians over ``--runs`` runs; the
+whole-model median from an uninstrumented VM). ONNX Runtime: the same model (``--quantize``:
+``quantize_static`` QDQ on the same calibration inputs, what the latency suite's
+``onnxruntime_int8`` runs), all graph optimizations, its built-in per-node profiler, medians over
+the same number of runs. Both use one thread (``TVM_NUM_THREADS=1``, one intra-op thread). The
+runs of the two alternate in ``ROUNDS`` rounds (ours, then ORT, each its whole-model and its
+profiled runs), so a slow phase of a shared machine lands on both sides' medians alike; before
+2026-12-08 all of ORT's runs came first, and on a VM whose speed moves by 2x within minutes the
+same code read 0.94x and 1.68x of ORT in two runs.
 
 Layers are paired by position in the model's graph order: the model's Conv / Gemm / MatMul nodes,
 our conv and matmul kernels (one per such node after fusion, run in graph order) and ORT's conv /
@@ -38,14 +42,17 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from benchmarks import latency, machine  # noqa: E402
-from benchmarks.timing import measure  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: rounds the runs are split into, ours and ORT alternating (at most one run per round)
+ROUNDS = 10
 
 #: ONNX op types of the layers that are paired (the model's compute layers)
 LAYER_OPS = ("Conv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger")
@@ -80,35 +87,54 @@ def describe_layers(path: Path) -> list[tuple[str, str]]:
     return lines
 
 
-def ort_node_profile(path: Path, feeds: dict[str, np.ndarray], runs: int) -> tuple[list[tuple[str, str, float]], float]:
-    """([(node name, op type, median ms)] in execution order, from ONNX Runtime's per-node
-    profiler; whole-model median ms, timed without the profiler) on one thread."""
-    import onnxruntime as ort
+class OrtNodeProfiler:
+    """ONNX Runtime on one thread, run in rounds between ours (``round``): a session with its
+    per-node profiler (per-node medians) and a plain one (the whole-model median, timed without
+    the profiler, whose per-node events add to its run time)."""
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.enable_profiling = True
     warmup = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(warmup + runs):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    durations: dict[str, list[float]] = collections.defaultdict(list)
-    op_types: dict[str, str] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            name = event["name"][: -len("_kernel_time")]
-            durations[name].append(event["dur"] / 1e3)
-            op_types[name] = event.get("args", {}).get("op_name", "?")
-    durations = {name: times[warmup:] or times for name, times in durations.items()}  # the warm-up runs dropped
-    nodes = [(name, op_types[name], statistics.median(times)) for name, times in durations.items()]
-    # the whole model timed without the profiler (whose per-node events add to its run time)
-    plain = latency._ort_session(path, threads=1)
-    return nodes, measure(lambda: plain.run(None, feeds), runs=runs)["median_ms"]
+
+    def __init__(self, path: Path, feeds: dict[str, np.ndarray], profile_dir: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_dir / "ort")
+        self.feeds = feeds
+        self.profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.plain = latency._ort_session(path, threads=1)
+        for _ in range(self.warmup):
+            self.profiled.run(None, feeds)
+            self.plain.run(None, feeds)
+        self.totals: list[float] = []
+
+    def round(self, count: int) -> None:
+        """``count`` whole-model runs, then ``count`` profiled ones (as our timer's rounds)."""
+        self.plain.run(None, self.feeds)  # untimed: our VM's worker threads go idle first
+        for _ in range(count):
+            start = time.perf_counter()
+            self.plain.run(None, self.feeds)
+            self.totals.append((time.perf_counter() - start) * 1e3)
+        for _ in range(count):
+            self.profiled.run(None, self.feeds)
+
+    def result(self) -> tuple[list[tuple[str, str, float]], float]:
+        """([(node name, op type, median ms)] in execution order, whole-model median ms)."""
+        events = json.loads(Path(self.profiled.end_profiling()).read_text())
+        durations: dict[str, list[float]] = collections.defaultdict(list)
+        op_types: dict[str, str] = {}
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                name = event["name"][: -len("_kernel_time")]
+                durations[name].append(event["dur"] / 1e3)
+                op_types[name] = event.get("args", {}).get("op_name", "?")
+        # the warm-up runs dropped
+        durations = {name: times[self.warmup:] or times for name, times in durations.items()}
+        nodes = [(name, op_types[name], statistics.median(times)) for name, times in durations.items()]
+        return nodes, statistics.median(self.totals)
 
 
 def ort_in_model_order(layers: list[tuple[str, str]], ort_layers: list[tuple[str, str, float]]) -> list:
@@ -127,14 +153,16 @@ def ort_in_model_order(layers: list[tuple[str, str]], ort_layers: list[tuple[str
     return [by_layer[name] for name, _ in layers]
 
 
-def our_kernel_profile(model_path: Path, runs: int):
-    """targets.calibrate_cost.Measurement of the model at ``model_path`` lowered for ``cpu``."""
+def our_kernel_profile(model_path: Path, runs: int, between_rounds=None):
+    """targets.calibrate_cost.Measurement of the model at ``model_path`` lowered for ``cpu``, in
+    ROUNDS rounds with ``between_rounds(count)`` after each."""
     import onnx
 
     from compiler.ir import from_proto
     from targets.calibrate_cost import measure_layers
 
-    return measure_layers(from_proto(onnx.load(str(model_path))), "cpu", repeats=runs)
+    return measure_layers(from_proto(onnx.load(str(model_path))), "cpu", repeats=runs, rounds=ROUNDS,
+                          between_rounds=between_rounds)
 
 
 def _is_layer_kernel(name: str) -> bool:
@@ -161,8 +189,9 @@ def profile(name: str, quantize: str | None, batch: int = 1, runs: int = 20) -> 
             from benchmarks.ort_quant import quantize_static_qdq
 
             ort_model = quantize_static_qdq(path, tmp_path / "ort_int8.onnx", calibration)
-        ort_nodes, ort_total = ort_node_profile(ort_model, feeds, runs)
-        ours = our_kernel_profile(ours_model, runs)
+        ort = OrtNodeProfiler(ort_model, feeds, tmp_path)
+        ours = our_kernel_profile(ours_model, runs, between_rounds=ort.round)
+        ort_nodes, ort_total = ort.result()
 
     layers = describe_layers(path)
     our_layers = [(k, t * 1e3) for k, t in ours.kernels if _is_layer_kernel(k)]

@@ -62,7 +62,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,22 +341,26 @@ def prepare_model(path: str | os.PathLike, target: Target) -> Model:
 
 
 def measure_layers(model: Model, target: Target | str = "cpu", repeats: int = 10, seed: int = 0,
-                   rounds: int = 3, rpc=None) -> Measurement:
+                   rounds: int = 3, rpc=None, between_rounds: Callable[[int], None] | None = None) -> Measurement:
     """Lower ``model`` for ``target`` and time every kernel call: the median of ``repeats`` runs per
     kernel and for the whole model. Here (``rpc`` None; the target must run on this machine) in
-    ``rounds`` alternating rounds; on a board when ``rpc`` is a ``targets.lowering.rpc.RpcDevice``.
+    ``rounds`` alternating rounds, ``between_rounds(count)`` called after each round of ``count``
+    runs (another measurement to interleave with, e.g. ONNX Runtime's in
+    benchmarks/layer_profile.py); on a board when ``rpc`` is a ``targets.lowering.rpc.RpcDevice``.
 
     Raises OptionError for a target whose artifacts do not run on this machine and no ``rpc``.
     """
     if rpc is not None:
         return _measure_layers_rpc(model, get_target(target), repeats, seed, rpc)
-    return measure_layers_interleaved([model], target, repeats, seed, rounds)[0]
+    return measure_layers_interleaved([model], target, repeats, seed, rounds, between_rounds)[0]
 
 
 def measure_layers_interleaved(models: Sequence[Model], target: Target | str = "cpu", repeats: int = 10,
-                               seed: int = 0, rounds: int = 3) -> list[Measurement]:
+                               seed: int = 0, rounds: int = 3,
+                               between_rounds: Callable[[int], None] | None = None) -> list[Measurement]:
     """:func:`measure_layers` of several models on this machine, their runs interleaved round by
-    round, so a burst of load from other processes lands on all of them and their ratios hold."""
+    round (and with ``between_rounds(count)`` after each round), so a burst of load from other
+    processes lands on all of them and their ratios hold."""
     target = get_target(target)
     if not target.runs_locally:
         raise OptionError(f"target '{target.name}' does not run here; measure it on the board through TVM RPC")
@@ -367,6 +371,8 @@ def measure_layers_interleaved(models: Sequence[Model], target: Target | str = "
         count = repeats // rounds + (1 if round_index < repeats % rounds else 0)
         for timer in timers:
             timer.round(count)
+        if between_rounds is not None:
+            between_rounds(count)
     return [timer.result() for timer in timers]
 
 

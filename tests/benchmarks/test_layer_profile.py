@@ -45,3 +45,31 @@ def test_ort_layers_are_put_in_graph_order_by_name():
     # a name that matches no layer (or two): ORT's execution order is kept
     renamed = [("fused_0", "FusedConv", 1.0), *executed[1:]]
     assert ort_in_model_order(layers, renamed) == renamed
+
+
+def test_ort_runs_alternate_with_ours(tmp_path):
+    """measure_layers calls ``between_rounds`` after each of its rounds with that round's run count
+    (ORT's runs go there), and the ORT profiler keeps one whole-model time per run."""
+    import onnx
+
+    from benchmarks import latency
+    from benchmarks.layer_profile import OrtNodeProfiler
+    from compiler import compile_model
+    from compiler.ir import from_proto
+    from targets.calibrate_cost import measure_layers
+
+    path = latency.model_for("digits", 1)
+    compile_model(path, output=tmp_path / "ours", lower=False, verify=False, measure=False, progress=False)
+    ort = OrtNodeProfiler(path, latency._input_feeds(path), tmp_path)
+    counts: list[int] = []
+
+    def between(count):
+        counts.append(count)
+        ort.round(count)
+
+    ours = measure_layers(from_proto(onnx.load(str(tmp_path / "ours" / "model.opt.onnx"))), "cpu", repeats=7, rounds=3,
+                          between_rounds=between)
+    nodes, total = ort.result()
+    assert counts == [3, 2, 2]
+    assert len(ort.totals) == 7 and total > 0 and ours.total_s > 0
+    assert [op for _, op, _ in nodes if "Conv" in op or "Gemm" in op]  # per-node times of the layers
