@@ -28,7 +28,6 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")  # before the TVM runtime starts i
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -69,19 +68,6 @@ def parse_variants(specs: list[str], envs: list[str]) -> dict[str, tuple[Path, d
             raise ABError(f"--env '{setting}': no variant named '{name}'")
         variants[name][1][key] = value
     return variants
-
-
-def compile_in_tree(model: Path, out: Path, tree: Path, env: dict[str, str], quantize: str | None, calib: Path | None) -> dict:
-    """Compile ``model`` with the code of ``tree`` (a child process); returns compile_child's JSON."""
-    cmd = [sys.executable, "-m", "benchmarks.compile_child", str(model), str(out)]
-    if quantize:
-        cmd += ["--quantize", quantize, "--calib", str(calib)]
-    child_env = dict(os.environ, PYTHONPATH=str(tree), **env)
-    proc = subprocess.run(cmd, cwd=tree, env=child_env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise ABError(f"compile in {tree} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -127,8 +113,7 @@ def run(model: str, variants: dict[str, tuple[Path, dict[str, str]]], quantize: 
         tmp_path = Path(tmp)
         calib = None
         if quantize:
-            calib = tmp_path / "calib.npz"
-            np.savez(calib, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
+            calib = latency.write_calibration(calibration, tmp_path / "calib.npz")
             reference_model = quantize_static_qdq(path, tmp_path / "ort-int8.onnx", calibration)
         else:
             reference_model = path
@@ -137,7 +122,11 @@ def run(model: str, variants: dict[str, tuple[Path, dict[str, str]]], quantize: 
         first_outputs = None
         for name, (tree, env) in variants.items():
             print(f"compiling {name} from {tree} ...", flush=True)
-            info = compile_in_tree(path, tmp_path / name, tree, env, quantize, calib)
+            try:
+                info = latency.compile_ours(path, tmp_path / name, calib=calib, quantize=quantize or "int8",
+                                            tree=tree, env=env)
+            except RuntimeError as exc:
+                raise ABError(f"compile of {name} in {tree} failed: {exc}") from exc
             artifact = load_artifact(tmp_path / name)
             outputs = artifact.run(feeds)
             if first_outputs is None:

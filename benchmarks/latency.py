@@ -22,6 +22,7 @@ silently dropped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -92,8 +93,12 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _compile_ours(path: Path, out: Path, passes: str | None = None, calib: Path | None = None,
-                  records: str | None = None, quantize: str = "int8") -> dict:
+def compile_ours(path: Path, out: Path, passes: str | None = None, calib: Path | None = None,
+                 records: str | None = None, quantize: str = "int8", tree: Path = REPO,
+                 env: dict[str, str] | None = None) -> dict:
+    """Compile in a child process (benchmarks.compile_child) with the code of source tree
+    ``tree`` (its working directory and PYTHONPATH; this checkout by default) and extra
+    environment ``env``; returns the child's JSON. Raises RuntimeError with its last error line."""
     cmd = [sys.executable, "-m", "benchmarks.compile_child", str(path), str(out)]
     if passes:
         cmd += ["--passes", passes]
@@ -101,10 +106,17 @@ def _compile_ours(path: Path, out: Path, passes: str | None = None, calib: Path 
         cmd += ["--quantize", quantize, "--calib", str(calib)]
     if records is not None:
         cmd += ["--tuning-records", records]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    child_env = None if tree == REPO and not env else dict(os.environ, PYTHONPATH=str(tree), **(env or {}))
+    proc = subprocess.run(cmd, cwd=tree, env=child_env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_calibration(calibration: list[dict[str, np.ndarray]], path: Path) -> Path:
+    """The calibration feeds as one .npz of named inputs (batches concatenated), for --calib."""
+    np.savez(path, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
+    return path
 
 
 class Unavailable(Exception):
@@ -139,16 +151,15 @@ def _prepare(variant: str, path: Path, tmp: Path, feeds, calibration, threads: i
         # ours_fp32 is the untuned compile (default schedules only, shipped records disabled);
         # ours_fp32_records applies the records shipped for this machine's cpu target.
         records = "none" if variant == "ours_fp32" else str(shipped_records_key_dir())
-        info = _compile_ours(path, tmp / variant, records=records)
+        info = compile_ours(path, tmp / variant, records=records)
         if variant == "ours_fp32_records" and not info.get("tuned_functions"):
             raise Unavailable("the shipped records hold no workload of this model for this target")
         artifact = load_artifact(tmp / variant)
         info["max_abs_vs_ort"] = compare(artifact.run(feeds), reference_out, "lossy")["max_abs"]
         return (lambda: artifact.run(feeds)), info
     if variant in QUANTIZED_VARIANTS:
-        calib = tmp / "calib.npz"
-        np.savez(calib, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
-        info = _compile_ours(path, tmp / variant, calib=calib, quantize=QUANTIZED_VARIANTS[variant])
+        calib = write_calibration(calibration, tmp / "calib.npz")
+        info = compile_ours(path, tmp / variant, calib=calib, quantize=QUANTIZED_VARIANTS[variant])
         artifact = load_artifact(tmp / variant)
         info["cosine_vs_fp32"] = compare(artifact.run(feeds), reference_out, "lossy")["cosine"]
         return (lambda: artifact.run(feeds)), info

@@ -34,8 +34,9 @@ Which convs, per target (``POLICIES``, keyed by the pixel vector):
   any C included, since the AVX2 pixel rule takes any C. Measured on one Zen 3 core, single layers
   interleaved, ms, channel-vectorized rule -> pixel rule on the padded row: 576->96 @14 0.307 ->
   0.266, 384->64 @14 0.148 -> 0.130, 320->1280 @7 0.776 -> 0.637, 160->960 @7 0.381 -> 0.327,
-  960->160 @7 0.236 -> 0.219; whole MobileNetV2 int8 (40-80 interleaved runs, one pinned core,
-  outputs identical) fastest run 10.27 -> 9.62 ms and median 11.34 -> 10.37 ms. (Until 2026-12-08
+  960->160 @7 0.236 -> 0.219; whole MobileNetV2 (``benchmarks.ab``, one pinned core, 80-100
+  paired rounds, outputs identical) int8 1.50-1.52x -> 1.39-1.44x of ONNX Runtime int8, int8-w7
+  1.25x -> 1.17x, int8 batch 8 1.53x -> 1.45x. (Until 2026-12-08
   it took only the expansions of at least 64 pixels with C <= 256: on 7x7 the 160->960 expansion
   alone measured within noise for the whole int8-w7 model.)
 * AVX-512 VNNI (16-pixel vectors of ``conv1x1_int8.Conv1x1Int8PixelsVNNI``: 196 -> 208 pixels):
@@ -95,8 +96,7 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
 def flatten_small_image_1x1(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
     """Rewrite every qualifying 8-bit 1x1 conv of ``mod`` (module docstring, ``POLICIES[lanes]``)
     onto a row of a multiple of ``lanes`` pixels (the pixel rule's vector: 8 on AVX2, 16 with
-    VNNI). Returns
-    (module, convs rewritten); ``mod`` itself is not modified."""
+    VNNI). Returns (module, convs rewritten); ``mod`` itself is not modified."""
 
     def run_conv(emit, call, visit):
         n, c, h, w = _shape(call.args[0])
