@@ -10,8 +10,8 @@ variables for one variant's compile, e.g. a switch an experiment reads), on the 
 inputs as the latency suite. The artifacts' outputs on the benchmark input are compared bit for bit
 with the first variant's (a schedule change must not change an integer result). Then every variant
 and the ONNX Runtime reference (``quantize_static`` int8 with ``--quantize``, else the fp32 model;
-one intra-op thread) are timed round-robin, ``--runs`` rounds of one untimed and one timed call each,
-so a burst of load from other processes lands on all of them alike.
+one intra-op thread) are timed round-robin (``timing.interleaved_samples``), ``--runs`` rounds of one
+untimed and one timed call each, so a burst of load from other processes lands on all of them alike.
 
 Reported per variant: the 10th / 25th percentile and median latency, and the **paired ratio**: the
 median over rounds of (variant's time / reference's time in the same round). On a shared VM whose
@@ -30,7 +30,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import latency  # noqa: E402
 from benchmarks.ort_quant import quantize_static_qdq  # noqa: E402
+from benchmarks.timing import interleaved_samples  # noqa: E402
 
 REFERENCE = "onnxruntime"
 
@@ -68,24 +68,6 @@ def parse_variants(specs: list[str], envs: list[str]) -> dict[str, tuple[Path, d
             raise ABError(f"--env '{setting}': no variant named '{name}'")
         variants[name][1][key] = value
     return variants
-
-
-def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Time every callable once per round, round-robin, each timed call preceded by an untimed one
-    (the previous callable's worker threads spin a while after a run). Returns milliseconds per
-    round: entry i of every list was measured in round i."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
-            fns[name]()
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return samples
 
 
 def summarize(samples: dict[str, list[float]], reference: str) -> dict[str, dict]:
@@ -138,7 +120,8 @@ def run(model: str, variants: dict[str, tuple[Path, dict[str, str]]], quantize: 
             fns[name] = lambda artifact=artifact: artifact.run(feeds)
         if pin is not None:
             os.sched_setaffinity(0, {pin})
-        stats = summarize(paired_rounds(fns, rounds), REFERENCE)
+        # one timed run per callable per round, no time limit: round i of each list is paired
+        stats = summarize(interleaved_samples(fns, runs=rounds, block=1, max_seconds=float("inf")), REFERENCE)
     result["reference"] = {"kind": "onnxruntime int8 (quantize_static QDQ)" if quantize else "onnxruntime fp32", **stats[REFERENCE]}
     for name in variants:
         result["variants"][name].update(stats[name])

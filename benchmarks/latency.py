@@ -84,12 +84,18 @@ def _input_feeds(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     return random_feeds(from_proto(onnx.load(str(path), load_external_data=False)), seed=seed)
 
 
-def _ort_session(path: Path, threads: int):
+def _ort_session(path: Path, threads: int, profile_prefix: Path | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads; with ``profile_prefix`` its
+    per-node profiler on (files under that prefix)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

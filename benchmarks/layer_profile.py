@@ -95,16 +95,8 @@ class OrtNodeProfiler:
     warmup = 3
 
     def __init__(self, path: Path, feeds: dict[str, np.ndarray], profile_dir: Path):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_dir / "ort")
         self.feeds = feeds
-        self.profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.profiled = latency._ort_session(path, threads=1, profile_prefix=profile_dir / "ort")
         self.plain = latency._ort_session(path, threads=1)
         for _ in range(self.warmup):
             self.profiled.run(None, feeds)

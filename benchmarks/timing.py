@@ -28,14 +28,15 @@ def measure(fn: Callable[[], object], runs: int = 20, warmup: int = 3, max_secon
     }
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, block: int = 2,
-                        max_seconds: float = 240.0) -> dict[str, dict]:
+def interleaved_samples(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, block: int = 2,
+                        max_seconds: float = 240.0) -> dict[str, list[float]]:
     """Time several callables in alternation, ``block`` timed runs of one, then of the next (the
     order rotates every round), so a burst of load from other processes on a shared machine lands
     on all of them alike and their ratios stay meaningful. Each block starts with one untimed
     call: the previous callable's thread pool (ONNX Runtime's and TVM's workers spin a while after
-    a run) would otherwise compete for the cores in the first timed run. Returns ``measure``'s
-    statistics per name."""
+    a run) would otherwise compete for the cores in the first timed run. Returns the timed runs
+    in milliseconds per name, in order: every list has the same length, and with ``block`` 1
+    entry i of each was measured in round i (``benchmarks.ab`` pairs them)."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -50,11 +51,17 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, wa
             for _ in range(min(block, runs - len(samples[name]))):
                 start = time.perf_counter()
                 fns[name]()
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append((time.perf_counter() - start) * 1e3)
         rounds += 1
+    return samples
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3, block: int = 2,
+                        max_seconds: float = 240.0) -> dict[str, dict]:
+    """:func:`interleaved_samples` summarized: ``measure``'s statistics per name."""
     out = {}
-    for name, values in samples.items():
-        ms = np.array(values) * 1e3
+    for name, values in interleaved_samples(fns, runs, warmup, block, max_seconds).items():
+        ms = np.array(values)
         out[name] = {
             "median_ms": float(np.median(ms)),
             "min_ms": float(ms.min()),

@@ -43,6 +43,7 @@ from targets.lowering.schedules.common import AVX2_LANES
 
 __all__ = ["widen_depthwise_rows"]
 
+
 def _takes(call: relax.Call, bindings, lanes: int) -> bool:
     """True for a u8 x constant-i8 -> i32 stride-1 NCHW depthwise conv (groups == C == F, weight
     [F, 1, KH, KW]) whose output rows are longer than one vector and not a multiple of it."""
@@ -65,8 +66,8 @@ def _takes(call: relax.Call, bindings, lanes: int) -> bool:
 
 def widen_depthwise_rows(mod: tvm.IRModule, lanes: int = AVX2_LANES) -> tuple[tvm.IRModule, int]:
     """Rewrite every qualifying 8-bit stride-1 depthwise conv of ``mod`` (module docstring) to
-    output rows of a multiple of ``lanes`` int32 columns (8 on AVX2, 16 with AVX-512). Returns (module, convs rewritten); ``mod``
-    itself is not modified."""
+    output rows of a multiple of ``lanes`` int32 columns (8 on AVX2, 16 with AVX-512). Returns
+    (module, convs rewritten); ``mod`` itself is not modified."""
 
     def run_conv(emit, call, visit):
         attrs = call.attrs

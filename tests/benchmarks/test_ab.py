@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import ab
+from benchmarks.timing import interleaved_samples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def test_paired_rounds_times_every_callable_each_round():
             calls[name] += 1
         return fn
 
-    samples = ab.paired_rounds({"a": make("a"), "b": make("b")}, rounds=4, warmup=1)
+    samples = interleaved_samples({"a": make("a"), "b": make("b")}, runs=4, warmup=1, block=1)
     assert [len(v) for v in samples.values()] == [4, 4]
     assert calls == {"a": 1 + 2 * 4, "b": 1 + 2 * 4}  # warm-up, then an untimed + a timed call per round
 
